@@ -1,0 +1,246 @@
+"""The training recipe: one explicit loop on accelerate (torchtune / nanoGPT style).
+
+run_training(cfg, run_dir) reads the composed Hydra config and wires flat-argument pieces:
+models.load_parts -> LoRA / attention / checkpointing -> reference strategy -> data ->
+optimizer + schedule -> loop (gradient accumulation, clipping, logging, checkpoints) -> final/.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from t2i_align.data.dataset import PreferencePairs, build_dataloader
+from t2i_align.data.tables import load_pair_table
+from t2i_align.models.attention import set_attention_backend
+from t2i_align.models.loading import load_parts
+from t2i_align.models.lora import add_lora, save_lora
+from t2i_align.models.reference import make_reference
+from t2i_align.objectives import get_objective
+from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoint,
+                                           register_unet_state_hooks, save_checkpoint)
+from t2i_align.training.metrics_log import MetricsWriter, mean_metrics, to_float
+from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
+from t2i_align.training.step import preference_step
+
+log = logging.getLogger("t2i_align.train")
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stops and the last checkpoint stays as it was."""
+
+
+def resolve_reference_strategy(strategy: str, use_lora: bool, needs_reference: bool) -> str:
+    """auto -> adapters_off with LoRA (no second copy of the weights), copy for full FT."""
+    if not needs_reference:
+        return "none"
+    if strategy == "auto":
+        return "adapters_off" if use_lora else "copy"
+    return strategy
+
+
+def build_accelerator(mixed_precision: str, logger: str, run_dir: Path, seed: int) -> Accelerator:
+    """Accelerator with the chosen tracker (wandb / tensorboard) or none."""
+    log_with = None if logger in (None, "none") else logger
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with,
+                       project_dir=str(run_dir), step_scheduler_with_optimizer=False)
+
+
+def micro_batches(dataloader, dataset, sampler, position: dict, accelerator):
+    """Yield batches forever, epoch after epoch, updating `position` (epoch, batch index within
+    the epoch) so a checkpoint records exactly where the data stream stands. On resume the
+    first `position["batch"]` batches of the epoch are skipped without loading their images."""
+    while True:
+        sampler.set_epoch(position["epoch"])
+        dataset.set_epoch(position["epoch"])
+        loader = dataloader
+        if position["batch"] > 0:
+            loader = accelerator.skip_first_batches(dataloader, position["batch"])
+        for batch in loader:
+            position["batch"] += 1
+            yield batch
+        position["epoch"] += 1
+        position["batch"] = 0
+
+
+def run_training(cfg: DictConfig, run_dir) -> Path:
+    """Train as configured; return the path of <run dir>/final."""
+    run_dir = Path(run_dir)
+    t_cfg, m_cfg, d_cfg, meth = cfg.trainer, cfg.model, cfg.data, cfg.method
+    objective = get_objective(meth.objective)
+    use_lora = bool(t_cfg.lora.enabled)
+
+    accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir, t_cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    set_seed(t_cfg.seed)
+    if torch.cuda.is_available() and t_cfg.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    device = accelerator.device
+    weight_dtype = DTYPES[t_cfg.mixed_precision]
+
+    # Models
+    parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
+                       unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant)
+    unet = parts.unet
+    set_attention_backend(unet, m_cfg.attention)
+    if t_cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if use_lora:
+        add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
+                 target_modules=tuple(t_cfg.lora.target_modules))
+    unet.to(device)
+    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+    # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
+    reference = make_reference(unet, ref_strategy, dtype=weight_dtype if ref_strategy == "copy" else None)
+    parts.vae.to(device, dtype=torch.float32 if m_cfg.vae_fp32 else weight_dtype)
+    for encoder in parts.text_encoders:
+        encoder.to(device, dtype=weight_dtype)
+    resolution = int(d_cfg.resolution or m_cfg.resolution)
+
+    # Data
+    table = load_pair_table(d_cfg.source, d_cfg.path, split=d_cfg.split,
+                            caption_column=d_cfg.caption_column,
+                            image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
+                            drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
+                            num_generated=d_cfg.num_generated, seed=t_cfg.seed)
+    dataset = PreferencePairs(table, resolution=resolution, random_crop=d_cfg.random_crop,
+                              random_flip=d_cfg.random_flip, seed=t_cfg.seed)
+    dataloader = build_dataloader(dataset, batch_size=t_cfg.batch_size, seed=t_cfg.seed,
+                                  num_workers=d_cfg.num_workers)
+    sampler = dataloader.sampler
+
+    # Optimisation
+    lr = scaled_learning_rate(t_cfg.lr, t_cfg.scale_lr, t_cfg.batch_size, t_cfg.grad_accum,
+                              accelerator.num_processes)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, t_cfg.optimizer, lr=lr, weight_decay=t_cfg.weight_decay,
+                                betas=(t_cfg.adam_beta1, t_cfg.adam_beta2), eps=t_cfg.adam_eps)
+    lr_scheduler = build_lr_scheduler(optimizer, t_cfg.lr_scheduler, t_cfg.warmup_steps, t_cfg.max_steps)
+    register_unet_state_hooks(accelerator, use_lora)
+    unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
+    accelerator.register_for_checkpointing(lr_scheduler)
+
+    generator = torch.Generator(device=device).manual_seed(t_cfg.seed + accelerator.process_index)
+    step, position, skipped_rows = 0, {"epoch": 0, "batch": 0}, 0
+    checkpoint = find_resume_checkpoint(run_dir, t_cfg.resume)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, generator)
+        step, skipped_rows = state["step"], state["skipped_rows"]
+        position = {"epoch": state["epoch"], "batch": state["batch_in_epoch"]}
+        log.info("resumed from %s at step %d", checkpoint, step)
+    elif t_cfg.resume == "latest":
+        log.info("trainer.resume=latest: no checkpoint in %s yet, starting from step 0", run_dir)
+
+    if cfg.logger.name not in (None, "none"):
+        init_kwargs = {"wandb": {"mode": cfg.logger.mode, "dir": str(run_dir), "name": run_dir.name}}
+        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
+                                  init_kwargs=init_kwargs)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", accelerator.is_main_process, resume_step=step)
+    hparams = dict(OmegaConf.to_container(meth.loss, resolve=True))
+    if "num_train_timesteps" in hparams and hparams["num_train_timesteps"] is None:
+        hparams["num_train_timesteps"] = parts.noise_scheduler.config.num_train_timesteps
+    log.info("method %s | %s | trainable params %.2fM | reference %s | lr %.3g | %d pairs",
+             meth.name, parts.family, sum(p.numel() for p in trainable) / 1e6, ref_strategy, lr, len(table))
+
+    batches = micro_batches(dataloader, dataset, sampler, position, accelerator)
+    bar = tqdm(total=t_cfg.max_steps, initial=step, desc=f"train {meth.name}",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    last_checkpoint = checkpoint
+    try:
+        while step < t_cfg.max_steps:
+            started = time.perf_counter()
+            records = []
+            for micro in range(t_cfg.grad_accum):
+                batch = next(batches)
+                skipped_rows += batch["num_skipped"]
+                while batch["size"] == 0:  # every row of the batch was unreadable
+                    batch = next(batches)
+                    skipped_rows += batch["num_skipped"]
+                sync = micro == t_cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(unet):
+                    loss, metrics = preference_step(
+                        batch, unet=unet, reference=reference, vae=parts.vae,
+                        text_encoders=parts.text_encoders, tokenizers=parts.tokenizers,
+                        family=parts.family, noise_scheduler=parts.noise_scheduler,
+                        prediction_type=parts.prediction_type, objective=objective,
+                        objective_hparams=hparams, generator=generator,
+                        caption_dropout=t_cfg.caption_dropout, resolution=resolution,
+                        device=device, autocast=accelerator.autocast)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "
+                            f"{batch['indices'].tolist()}); training stopped. Last checkpoint kept: "
+                            f"{last_checkpoint or 'none'}. Try a lower trainer.lr, "
+                            "trainer.mixed_precision=bf16 or fp32, or check those rows.")
+                    accelerator.backward(loss / t_cfg.grad_accum)
+                records.append({"loss": loss.detach(), **metrics})
+            max_norm = t_cfg.max_grad_norm if t_cfg.max_grad_norm else float("inf")
+            grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            record = {"step": step, **mean_metrics(records), "lr": lr_scheduler.get_last_lr()[0],
+                      "grad_norm": to_float(grad_norm), "skipped_rows": skipped_rows,
+                      "epoch": position["epoch"], "step_time": time.perf_counter() - started}
+            writer.write(record)
+            if step % t_cfg.log_every == 0:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped_rows)
+
+            if t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0 and step < t_cfg.max_steps:
+                state = {"step": step, "epoch": position["epoch"], "batch_in_epoch": position["batch"],
+                         "skipped_rows": skipped_rows}
+                last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, generator, t_cfg.keep_last)
+            if t_cfg.stop_after_steps and step >= t_cfg.stop_after_steps:
+                log.info("trainer.stop_after_steps=%d reached: stopping (resume with trainer.resume=latest)", step)
+                return run_dir / "final"
+    finally:
+        bar.close()
+        writer.close()
+        accelerator.end_training()
+
+    final = save_final(accelerator, unet, use_lora, parts.family, run_dir, info={
+        "base_model": parts.source, "family": parts.family, "method": meth.name,
+        "steps": step, "lora": use_lora, "resolution": resolution,
+        "prediction_type": parts.prediction_type, "skipped_rows": skipped_rows})
+    log.info("saved %s (%d steps, %d unreadable rows skipped)", final, step, skipped_rows)
+    return final
+
+
+def save_final(accelerator, unet, use_lora: bool, family: str, run_dir: Path, info: dict) -> Path:
+    """<run dir>/final: a diffusers UNet folder (full FT) or pytorch_lora_weights.safetensors
+    (LoRA), plus training_info.json; written to a temporary folder and renamed."""
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = run_dir / ".tmp-final"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model = accelerator.unwrap_model(unet)
+        if use_lora:
+            save_lora(model, tmp, family)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "training_info.json").write_text(json.dumps(info, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
