@@ -1,0 +1,162 @@
+"""Torch side of the data: a pair dataset, its collate function, an epoch sampler, the loader.
+
+Determinism is the point of this file. Exact resume needs the same batches and the same
+augmentation whatever the worker count and whatever else touched the global RNGs, so:
+the sample order comes from (seed, epoch) through an own torch.Generator; each pair's
+augmentation from a random.Random seeded by (seed, epoch, index); and the DataLoader gets an
+explicit generator, so creating an iterator does not draw from the global torch RNG.
+Corrupt images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import torch
+
+from t2i_align.data.images import BadImageError, decode_image
+from t2i_align.data.transforms import pair_transform
+
+logger = logging.getLogger("t2i_align.data")
+
+
+class PreferencePairs(torch.utils.data.Dataset):
+    """Pairs of a canonical table (see tables.py) as tensors, chosen image first.
+
+    `table` is a `datasets.Dataset` (anything with `column_names` and row-dict indexing) with caption,
+    jpg_0, jpg_1, label_0 and optionally caption_0 / caption_1. Rows with label_0 == 0 are
+    swapped on read so that "w" is always the preferred image.
+    """
+
+    def __init__(self, table, resolution: int, random_crop: bool = True, random_flip: bool = True, seed: int = 0):
+        self.table = table
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.random_flip = random_flip
+        self.seed = seed
+        self.epoch = 0
+        self.has_image_captions = all(c in table.column_names for c in ("caption_0", "caption_1"))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch` (call before building each epoch's iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _rng(self, index: int) -> random.Random:
+        # A str seed is hashed with SHA-512 by `random`, so it is stable across processes and
+        # independent of PYTHONHASHSEED.
+        return random.Random(f"t2i_align:{self.seed}:{self.epoch}:{index}")
+
+    def __getitem__(self, index) -> dict | None:
+        """The pair at row `index`, or None (with a warning) if one of its images is unreadable."""
+        index = int(index)
+        row = self.table[index]
+        caption = row["caption"]
+        captions = (row["caption_0"], row["caption_1"]) if self.has_image_captions else (caption, caption)
+        columns = ("jpg_0", "jpg_1")
+        if row["label_0"] == 0:  # jpg_1 preferred: put it first
+            columns, captions = columns[::-1], captions[::-1]
+        try:
+            image_w = decode_image(row[columns[0]], where=f"row {index}, column {columns[0]}")
+            image_l = decode_image(row[columns[1]], where=f"row {index}, column {columns[1]}")
+        except BadImageError as error:
+            logger.warning("skipping pair: %s", error)
+            return None
+        item = pair_transform(image_w, image_l, self.resolution, self.random_crop, self.random_flip,
+                              self._rng(index))
+        item.update(caption=caption, caption_w=captions[0], caption_l=captions[1], index=index)
+        return item
+
+
+def collate_pairs(items: list) -> dict:
+    """Stack the good pairs of a batch; drop the None (unreadable) ones and count them.
+
+    Returns {"pixels_w", "pixels_l": [B, 3, R, R], "captions", "captions_w", "captions_l":
+    lists of str, "original_sizes_w", "original_sizes_l", "crop_top_left": long [B, 2],
+    "indices": long [B], "num_skipped": int, "size": B}. When every pair was bad, only
+    "size" (0), "num_skipped" and the empty caption lists are present.
+    """
+    good = [item for item in items if item is not None]
+    batch = {
+        "size": len(good),
+        "num_skipped": len(items) - len(good),
+        "captions": [item["caption"] for item in good],
+        "captions_w": [item["caption_w"] for item in good],
+        "captions_l": [item["caption_l"] for item in good],
+    }
+    if not good:
+        return batch
+    batch.update(
+        pixels_w=torch.stack([item["pixels_w"] for item in good]),
+        pixels_l=torch.stack([item["pixels_l"] for item in good]),
+        original_sizes_w=torch.tensor([item["original_size_w"] for item in good], dtype=torch.long),
+        original_sizes_l=torch.tensor([item["original_size_l"] for item in good], dtype=torch.long),
+        crop_top_left=torch.tensor([item["crop_top_left"] for item in good], dtype=torch.long),
+        indices=torch.tensor([item["index"] for item in good], dtype=torch.long),
+    )
+    return batch
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices of `dataset` in an order fixed by (seed, epoch): a permutation from a private
+    torch.Generator seeded with seed + epoch when `shuffle`, else 0..N-1. No global RNG use."""
+
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True):
+        self.num_samples = len(dataset)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def build_dataloader(
+    dataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    prefetch_factor: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over `dataset` with an EpochSampler and `collate_pairs`.
+
+    Before each epoch call `loader.sampler.set_epoch(e)` and `dataset.set_epoch(e)`. Workers
+    are not persistent, so each epoch's workers get the dataset with the current epoch.
+    `prefetch_factor` only applies with workers and is ignored when num_workers == 0.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(
+            f"the dataset has {len(dataset)} pairs, fewer than batch_size {batch_size}: with drop_last "
+            f"there would be no batch at all; lower the batch size or add data"
+        )
+    generator = torch.Generator()
+    generator.manual_seed(seed)  # DataLoader draws its worker base seed from here, not the global RNG
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(dataset, seed=seed, shuffle=shuffle),
+        collate_fn=collate_pairs,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        generator=generator,
+        **extra,
+    )

@@ -1,0 +1,204 @@
+"""Load the parts of an SDXL / SD 2.1 / SD 1.5 pipeline that preference training needs.
+
+Training never uses the pipeline object itself: it needs the UNet (trainable), the VAE and
+text encoders (frozen, to make latents and prompt embeddings), the tokenizers, and a
+``DDPMScheduler`` carrying the training noise schedule. ``load_parts`` loads each of them
+with ``from_pretrained(path, subfolder=...)`` from a local diffusers folder, a hub id, or a
+tiny test model (``"tiny:sdxl"``), optionally swapping in another VAE (e.g. the fp16-fixed
+SDXL VAE) or another UNet (an SFT UNet, a previous run's ``final/`` folder).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+
+from .tiny import resolve_model_path
+
+FAMILIES = ("sdxl", "sd")
+
+
+@dataclass
+class DiffusionParts:
+    """Everything the training loop needs from a diffusion pipeline."""
+
+    family: str  # "sdxl" or "sd"
+    unet: "UNet2DConditionModel"  # noqa: F821
+    vae: "AutoencoderKL"  # noqa: F821
+    text_encoders: list  # [te] for sd, [te, te_2] for sdxl
+    tokenizers: list
+    noise_scheduler: "DDPMScheduler"  # noqa: F821
+    prediction_type: str  # "epsilon" | "v_prediction" (from the scheduler config)
+    source: str  # resolved local folder or hub id
+
+
+def _required_subfolders(family: str) -> tuple[str, ...]:
+    base = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+    return base + ("text_encoder_2", "tokenizer_2") if family == "sdxl" else base
+
+
+def _is_local(path: str) -> bool:
+    """True when ``path`` names a local folder, or clearly means to (so a typo is not sent to the hub)."""
+    if os.path.exists(path):
+        return True
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1
+
+
+def _detect_family(source: str, revision: str | None) -> str:
+    """'sdxl' if the pipeline's model_index.json has a second text encoder (or an XL class), else 'sd'."""
+    from diffusers import DiffusionPipeline
+
+    if _is_local(source) and not (pathlib.Path(source) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{source} is not a diffusers pipeline folder: model_index.json is missing "
+            f"(pass family='sdxl' or 'sd' explicitly, or point to the pipeline's root folder)"
+        )
+    index = DiffusionPipeline.load_config(source, revision=revision)
+    class_name = str(index.get("_class_name", ""))
+    te2 = index.get("text_encoder_2")
+    has_te2 = isinstance(te2, (list, tuple)) and len(te2) == 2 and te2[1] is not None
+    return "sdxl" if has_te2 or "XL" in class_name else "sd"
+
+
+def _check_local_folder(source: str) -> None:
+    """Clear error when a local model path is missing or is a file (e.g. a single-file checkpoint)."""
+    root = pathlib.Path(source).expanduser()
+    if root.is_file():
+        raise ValueError(
+            f"model path {source} is a file, not a diffusers pipeline folder (single-file checkpoints are "
+            f"not supported: convert with diffusers' from_single_file(...).save_pretrained(folder))"
+        )
+    if not root.is_dir():
+        raise FileNotFoundError(f"model path {source} does not exist (expected a diffusers pipeline folder)")
+
+
+def _check_subfolders(source: str, family: str) -> None:
+    """Clear error naming the folder and the missing subfolders, before from_pretrained fails deep inside."""
+    root = pathlib.Path(source).expanduser()
+    missing = [name for name in _required_subfolders(family) if not (root / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{source} is not a complete diffusers {family} pipeline folder: missing subfolder(s) "
+            f"{', '.join(missing)}"
+        )
+
+
+def _override_location(path: str, subfolder: str, what: str) -> tuple[str, str | None]:
+    """Where a VAE / UNet override lives: (path, None) if it holds config.json, (path, subfolder) if
+    it is a pipeline (or run output) folder with ``subfolder/config.json``."""
+    path = resolve_model_path(path)
+    if not _is_local(path):
+        return path, None  # hub id: assume the model sits at the repo root (e.g. madebyollin/sdxl-vae-fp16-fix)
+    root = pathlib.Path(path).expanduser()
+    if (root / "config.json").is_file():
+        return str(root), None
+    if (root / subfolder / "config.json").is_file():
+        return str(root), subfolder
+    raise FileNotFoundError(
+        f"{what} path {path} holds neither config.json nor {subfolder}/config.json "
+        f"(expected a diffusers {what} folder or a pipeline folder with a {subfolder}/ subfolder)"
+    )
+
+
+def _check_unet_family(unet, family: str, where: str) -> None:
+    """SDXL UNets take pooled text + time ids ("text_time"); SD UNets do not. Catch a mismatch early."""
+    is_xl = unet.config.get("addition_embed_type") == "text_time"
+    if is_xl != (family == "sdxl"):
+        kind = "an SDXL" if is_xl else "an SD (non-XL)"
+        raise ValueError(f"the UNet from {where} is {kind} UNet, but family={family!r} was requested")
+
+
+def _freeze(module):
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_parts(
+    path: str,
+    family: str | None = None,
+    vae_path: str | None = None,
+    unet_path: str | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    text_encoder_dtype=None,
+) -> DiffusionParts:
+    """Load UNet, VAE, text encoder(s), tokenizer(s) and a training DDPMScheduler.
+
+    path: local diffusers pipeline folder, hub id, or ``"tiny:<kind>"``.
+    family: "sdxl" | "sd" | None (auto-detect from model_index.json).
+    vae_path / unet_path: optional replacements, each a model folder (with config.json) or a
+        pipeline / run folder with a ``vae/`` / ``unet/`` subfolder (or a hub id of a model).
+    revision / variant: passed to ``from_pretrained`` for the parts of ``path``.
+    text_encoder_dtype: dtype for the frozen text encoders (default float32; transformers 5
+        would otherwise load in the checkpoint's dtype, e.g. fp16 for the SDXL hub weights).
+
+    UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
+    the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
+    UNet in train mode with all parameters trainable. The scheduler is always a
+    ``DDPMScheduler`` built from the pipeline's scheduler config (Euler / DDIM / PNDM
+    configs share the training noise schedule); ``prediction_type`` is read from it.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)} (or None to detect)")
+    source = resolve_model_path(path)
+    local = _is_local(source)
+    if local:
+        source = str(pathlib.Path(source).expanduser())
+        _check_local_folder(source)
+    if family is None:
+        family = _detect_family(source, revision)
+    if local:
+        _check_subfolders(source, family)
+
+    hub = dict(revision=revision)
+    weights = dict(revision=revision, variant=variant)
+    te_dtype = text_encoder_dtype if text_encoder_dtype is not None else torch.float32
+
+    noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **hub)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"{source}: scheduler prediction_type {prediction_type!r} is not supported "
+            f"(expected 'epsilon' or 'v_prediction')"
+        )
+
+    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)]
+    text_encoders = [CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=te_dtype, **weights)]
+    if family == "sdxl":
+        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **hub))
+        text_encoders.append(
+            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=te_dtype, **weights)
+        )
+
+    if vae_path is not None:
+        vae_src, vae_sub = _override_location(vae_path, "vae", "VAE")
+        vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_sub, torch_dtype=torch.float32)
+    else:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **weights)
+
+    if unet_path is not None:
+        unet_src, unet_sub = _override_location(unet_path, "unet", "UNet")
+        unet = UNet2DConditionModel.from_pretrained(unet_src, subfolder=unet_sub, torch_dtype=torch.float32)
+    else:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **weights)
+    _check_unet_family(unet, family, unet_path or source)
+    unet.requires_grad_(True)
+    unet.train()
+
+    return DiffusionParts(
+        family=family,
+        unet=unet,
+        vae=_freeze(vae),
+        text_encoders=[_freeze(te) for te in text_encoders],
+        tokenizers=tokenizers,
+        noise_scheduler=noise_scheduler,
+        prediction_type=prediction_type,
+        source=source,
+    )

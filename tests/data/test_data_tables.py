@@ -1,0 +1,115 @@
+"""load_pair_table: save_to_disk / parquet / glob sources, tie dropping, column checks."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import pytest
+
+from t2i_align.data.tables import MissingColumnError, load_pair_table
+from tests.data.helpers import LABELS, pickapic_rows
+
+CANONICAL = ["caption", "jpg_0", "jpg_1", "label_0"]
+NON_TIES = [i for i, label in enumerate(LABELS) if label != 0.5]
+
+
+def _assert_canonical(table, expected_rows):
+    assert table.column_names == CANONICAL
+    assert table["caption"] == [f"prompt {i}" for i in expected_rows]
+    assert isinstance(table[0]["jpg_0"], bytes)  # not decoded
+
+
+def test_save_to_disk_dataset_and_dataset_dict(tmp_path, pickapic_table):
+    pickapic_table.save_to_disk(str(tmp_path / "single"))
+    _assert_canonical(load_pair_table("pickapic", str(tmp_path / "single")), NON_TIES)
+
+    datasets.DatasetDict({"train": pickapic_table, "test": pickapic_table.select([0, 1])}).save_to_disk(
+        str(tmp_path / "dict"))
+    _assert_canonical(load_pair_table("pickapic", str(tmp_path / "dict"), split="test"), [0, 1])
+    with pytest.raises(ValueError, match="no split 'validation'.*'test', 'train'"):
+        load_pair_table("pickapic", str(tmp_path / "dict"), split="validation")
+
+
+def test_parquet_file_folder_and_glob(tmp_path, pickapic_table):
+    folder = tmp_path / "snapshot" / "data"
+    folder.mkdir(parents=True)
+    pickapic_table.select(range(4)).to_parquet(str(folder / "train-00000-of-00002.parquet"))
+    pickapic_table.select(range(4, 8)).to_parquet(str(folder / "train-00001-of-00002.parquet"))
+    pickapic_table.select([0]).to_parquet(str(folder / "validation_unique-00000-of-00001.parquet"))
+
+    _assert_canonical(load_pair_table("pickapic", str(folder / "train-00000-of-00002.parquet")), [0, 1, 3])
+    # a folder with split-named files: only the requested split is read
+    _assert_canonical(load_pair_table("pickapic", str(tmp_path / "snapshot")), NON_TIES)
+    _assert_canonical(load_pair_table("pickapic", str(tmp_path / "snapshot"), split="validation_unique",
+                                      drop_ties=False), [0])
+    _assert_canonical(load_pair_table("pickapic", str(folder / "train-*.parquet")), NON_TIES)
+
+
+def test_ties_dropped_counted_and_max_pairs(pickapic_table, tmp_path, caplog):
+    pickapic_table.save_to_disk(str(tmp_path / "d"))
+    with caplog.at_level(logging.INFO, logger="t2i_align.data"):
+        table = load_pair_table("pickapic", str(tmp_path / "d"))
+    assert len(table) == len(NON_TIES) and 0.5 not in table["label_0"]
+    assert "loaded 8 pairs" in caplog.text and "dropped 2 ties" in caplog.text
+    # label_0 is kept as is: the swap happens lazily in the torch dataset
+    assert table["label_0"] == [LABELS[i] for i in NON_TIES]
+
+    kept = load_pair_table("pickapic", str(tmp_path / "d"), drop_ties=False, max_pairs=3)
+    assert kept["label_0"] == LABELS[:3]
+    assert len(load_pair_table("pickapic", str(tmp_path / "d"), max_pairs=2)) == 2
+
+
+def test_custom_column_names_and_per_image_captions(tmp_path):
+    rows = pickapic_rows()
+    columns = {"prompt": rows["caption"], "img_a": rows["jpg_0"], "img_b": rows["jpg_1"], "pref": rows["label_0"],
+               "caption": ["unrelated"] * 8,  # clashes with a canonical name and must be dropped
+               "caption_0": [f"c0 {i}" for i in range(8)], "caption_1": [f"c1 {i}" for i in range(8)]}
+    datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "p.parquet"))
+    table = load_pair_table("pickapic", str(tmp_path / "p.parquet"), caption_column="prompt",
+                            image_columns=("img_a", "img_b"), label_column="pref", drop_ties=False)
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert table[1]["caption"] == "prompt 1" and table[1]["caption_1"] == "c1 1"
+    assert table[1]["jpg_0"] == rows["jpg_0"][1]
+
+
+def test_swapped_image_column_names(tmp_path, pickapic_table):
+    pickapic_table.save_to_disk(str(tmp_path / "d"))
+    table = load_pair_table("pickapic", str(tmp_path / "d"), image_columns=("jpg_1", "jpg_0"),
+                            label_column="label_1", drop_ties=False)
+    assert table[0]["jpg_0"] == pickapic_table[0]["jpg_1"] and table[0]["label_0"] == 0.0
+
+
+def test_image_feature_columns_stay_undecoded(tmp_path, pickapic_table):
+    table = pickapic_table.cast_column("jpg_0", datasets.Image()).cast_column("jpg_1", datasets.Image())
+    table.save_to_disk(str(tmp_path / "d"))
+    row = load_pair_table("pickapic", str(tmp_path / "d"))[0]
+    assert isinstance(row["jpg_0"], dict) and row["jpg_0"]["bytes"]
+
+
+def test_missing_column_is_reported_before_loading(tmp_path, pickapic_table):
+    pickapic_table.remove_columns(["jpg_1"]).to_parquet(str(tmp_path / "p.parquet"))
+    with pytest.raises(MissingColumnError) as info:
+        load_pair_table("pickapic", str(tmp_path / "p.parquet"), caption_column="prompt")
+    message = str(info.value)
+    assert "'prompt'" in message and "'jpg_1'" in message
+    assert "data.caption_column" in message and "data.image_columns" in message
+    assert "p.parquet" in message and "'caption'" in message and "'ranking_id'" in message  # columns found
+    assert not (tmp_path / "hf_cache").exists() or not any((tmp_path / "hf_cache").rglob("*.arrow"))
+
+
+def test_bad_sources_and_paths(tmp_path):
+    with pytest.raises(ValueError, match="unknown data.source 'webdataset'.*pickapic.*jsonl.*generated"):
+        load_pair_table("webdataset", None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pair_table("pickapic", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        load_pair_table("pickapic", str(tmp_path / "*.parquet"))
+    with pytest.raises(ValueError, match="data.path must be set"):
+        load_pair_table("pickapic", None)
+
+
+def test_generated_source_drops_ties():
+    table = load_pair_table("generated", None, num_generated=32, seed=3)
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert len(table) == 30 and 0.5 not in table["label_0"]

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from t2i_align.models.lora import add_lora
+from t2i_align.models.reference import make_reference
+from t2i_align.models.tiny import build_tiny_pipeline
+
+
+def _policy(unet, inputs):
+    with torch.no_grad():
+        return unet(**inputs).sample
+
+
+@pytest.fixture()
+def sdxl_unet():
+    return build_tiny_pipeline("sdxl").unet.eval()
+
+
+def test_none():
+    assert make_reference(torch.nn.Linear(1, 1), "none") is None
+
+
+def test_adapters_off_equals_copy_made_before_lora(sdxl_unet, unet_inputs, perturb_lora):
+    unet = sdxl_unet
+    inputs = unet_inputs(unet)
+    copy_ref = make_reference(unet, "copy")
+    add_lora(unet, rank=4, alpha=8)
+    perturb_lora(unet)
+    off_ref = make_reference(unet, "adapters_off")
+    assert off_ref.unet is unet  # no second copy of the weights
+
+    ref_out = off_ref(**inputs)
+    assert ref_out.dtype == torch.float32 and ref_out.shape == inputs["sample"].shape
+    torch.testing.assert_close(ref_out, copy_ref(**inputs), rtol=0, atol=1e-6)
+    # adapters are enabled again after the call: the policy differs from the base model
+    assert not torch.allclose(_policy(unet, inputs), ref_out, atol=1e-3)
+
+
+def test_adapters_re_enabled_after_error(sdxl_unet, unet_inputs, perturb_lora):
+    unet = sdxl_unet
+    inputs = unet_inputs(unet)
+    add_lora(unet, rank=4)
+    perturb_lora(unet)
+    expected = _policy(unet, inputs)
+    ref = make_reference(unet, "adapters_off")
+    with pytest.raises(ValueError, match="text_embeds"):  # SDXL UNet without its pooled embedding
+        ref(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"], added_cond_kwargs={})
+    torch.testing.assert_close(_policy(unet, inputs), expected, rtol=0, atol=0)
+
+
+def test_copy_is_frozen_independent_and_no_grad(unet_inputs):
+    unet = build_tiny_pipeline("sd15").unet.train()
+    inputs = unet_inputs(unet)
+    ref = make_reference(unet, "copy")
+    before = ref(**inputs)
+    assert not ref.unet.training and not any(p.requires_grad for p in ref.unet.parameters())
+    assert all(p.requires_grad for p in unet.parameters())  # the policy is untouched
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)  # "training" the policy must not move the reference
+    after = ref(**inputs)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert not after.requires_grad
+
+
+def test_copy_in_bfloat16(unet_inputs):
+    unet = build_tiny_pipeline("sdxl").unet.eval()
+    inputs = unet_inputs(unet)
+    ref = make_reference(unet, "copy", dtype=torch.bfloat16)
+    assert next(ref.unet.parameters()).dtype == torch.bfloat16
+    assert next(unet.parameters()).dtype == torch.float32
+    out = ref(**inputs)
+    assert out.dtype == torch.float32 and out.shape == inputs["sample"].shape
+    torch.testing.assert_close(out, _policy(unet, inputs), rtol=0.1, atol=0.1)
+
+
+def test_strategy_errors():
+    unet = build_tiny_pipeline("sd15").unet
+    with pytest.raises(ValueError, match="needs a UNet with LoRA adapters"):
+        make_reference(unet, "adapters_off")
+    with pytest.raises(ValueError, match="none, copy, adapters_off"):
+        make_reference(unet, "ema")
+    add_lora(unet, rank=2)
+    with pytest.raises(ValueError, match="use 'adapters_off'"):
+        make_reference(unet, "copy")
