@@ -106,7 +106,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
     reference = make_reference(unet, ref_strategy, dtype=weight_dtype if ref_strategy == "copy" else None)
-    parts.vae.to(device, dtype=torch.float32 if m_cfg.vae_fp32 else weight_dtype)
+    vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
+    parts.vae.to(device) if vae_dtype == torch.float32 else parts.vae.to(device, dtype=vae_dtype)
     for encoder in parts.text_encoders:
         encoder.to(device, dtype=weight_dtype)
     resolution = int(d_cfg.resolution or m_cfg.resolution)
