@@ -1,0 +1,43 @@
+"""A few steps of each method on tiny_sdxl and tiny_sd21, full fine-tuning and LoRA."""
+
+import math
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from t2i_align.models.loading import load_parts
+from tests.training.helpers import final_weights, read_metrics, train
+
+CASES = [(method, model, lora) for method in ("dpo", "mapo", "sft")
+         for model in ("tiny_sdxl", "tiny_sd21") for lora in (False, True)]
+
+
+@pytest.mark.parametrize("method,model,lora", CASES)
+def test_method_trains_and_logs(tmp_path, method, model, lora):
+    run_dir, final = train(tmp_path / "run", [f"method={method}", f"model={model}",
+                                              f"trainer.lora.enabled={lora}", "trainer.lr=1e-3"])
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["lr"] == pytest.approx(1e-3)
+        assert r["skipped_rows"] == 0
+    if method == "dpo":
+        # policy == reference at step 1: the loss is ln 2 exactly (REFERENCE.md)
+        assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert records[0]["model_err_w"] == pytest.approx(records[0]["ref_err_w"], abs=1e-6)
+        assert {"implicit_acc", "ref_err_l", "model_err_l"} <= records[0].keys()
+    if method == "mapo":
+        assert {"margin_term", "f_w", "f_l", "model_err_l"} <= records[0].keys()
+        assert "ref_err_w" not in records[0]
+    assert (run_dir / "config.yaml").is_file()
+
+    weights = final_weights(final)
+    if lora:
+        assert weights and all("lora" in k for k in weights)
+        assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k or "lora.up" in k)
+    else:
+        base = load_parts(f"tiny:{model.split('_')[1]}").unet.state_dict()
+        trained = UNet2DConditionModel.from_pretrained(final).state_dict()
+        changed = sum(not torch.equal(base[k], trained[k]) for k in base)
+        assert changed > len(base) // 2, "full fine-tuning should change most tensors"
