@@ -58,16 +58,18 @@ def build_accelerator(mixed_precision: str, logger: str, run_dir: Path, seed: in
                        project_dir=str(run_dir), step_scheduler_with_optimizer=False)
 
 
-def micro_batches(dataloader, dataset, sampler, position: dict, accelerator):
+def micro_batches(dataloader, dataset, position: dict, accelerator):
     """Yield batches forever, epoch after epoch, updating `position` (epoch, batch index within
     the epoch) so a checkpoint records exactly where the data stream stands. On resume the
     first `position["batch"]` batches of the epoch are skipped without loading their images."""
     while True:
-        sampler.set_epoch(position["epoch"])
-        dataset.set_epoch(position["epoch"])
         loader = dataloader
         if position["batch"] > 0:
             loader = accelerator.skip_first_batches(dataloader, position["batch"])
+        # accelerate's loaders re-apply their own epoch counter at every __iter__, so the epoch
+        # is set on the loader itself (which forwards it to our EpochSampler), not the sampler.
+        loader.set_epoch(position["epoch"])
+        dataset.set_epoch(position["epoch"])
         for batch in loader:
             position["batch"] += 1
             yield batch
@@ -105,7 +107,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     unet.to(device)
     ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
-    reference = make_reference(unet, ref_strategy, dtype=weight_dtype if ref_strategy == "copy" else None)
+    ref_dtype = weight_dtype if ref_strategy == "copy" and weight_dtype != torch.float32 else None
+    reference = make_reference(unet, ref_strategy, dtype=ref_dtype)
     vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
     parts.vae.to(device) if vae_dtype == torch.float32 else parts.vae.to(device, dtype=vae_dtype)
     for encoder in parts.text_encoders:
@@ -122,7 +125,6 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                               random_flip=d_cfg.random_flip, seed=t_cfg.seed)
     dataloader = build_dataloader(dataset, batch_size=t_cfg.batch_size, seed=t_cfg.seed,
                                   num_workers=d_cfg.num_workers)
-    sampler = dataloader.sampler
 
     # Optimisation
     lr = scaled_learning_rate(t_cfg.lr, t_cfg.scale_lr, t_cfg.batch_size, t_cfg.grad_accum,
@@ -157,7 +159,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     log.info("method %s | %s | trainable params %.2fM | reference %s | lr %.3g | %d pairs",
              meth.name, parts.family, sum(p.numel() for p in trainable) / 1e6, ref_strategy, lr, len(table))
 
-    batches = micro_batches(dataloader, dataset, sampler, position, accelerator)
+    batches = micro_batches(dataloader, dataset, position, accelerator)
     bar = tqdm(total=t_cfg.max_steps, initial=step, desc=f"train {meth.name}",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     last_checkpoint = checkpoint
