@@ -52,3 +52,18 @@ class MetricsWriter:
     def close(self):
         if self.enabled:
             self._file.close()
+
+
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b": scalar}: trackers (TensorBoard hparams) take only flat scalars;
+    None and lists become strings."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

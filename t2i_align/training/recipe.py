@@ -29,7 +29,7 @@ from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
 from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoint,
                                            register_unet_state_hooks, save_checkpoint)
-from t2i_align.training.metrics_log import MetricsWriter, mean_metrics, to_float
+from t2i_align.training.metrics_log import MetricsWriter, flat_hparams, mean_metrics, to_float
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
 from t2i_align.training.step import preference_step
 
@@ -150,7 +150,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
 
     if cfg.logger.name not in (None, "none"):
         init_kwargs = {"wandb": {"mode": cfg.logger.mode, "dir": str(run_dir), "name": run_dir.name}}
-        accelerator.init_trackers(cfg.logger.project, config=OmegaConf.to_container(cfg, resolve=True),
+        accelerator.init_trackers(cfg.logger.project, config=flat_hparams(OmegaConf.to_container(cfg, resolve=True)),
                                   init_kwargs=init_kwargs)
     writer = MetricsWriter(run_dir / "metrics.jsonl", accelerator.is_main_process, resume_step=step)
     hparams = dict(OmegaConf.to_container(meth.loss, resolve=True))

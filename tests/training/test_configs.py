@@ -1,0 +1,51 @@
+"""Every config option and every experiment composes, with the papers' defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.training.helpers import CONF_DIR, make_cfg
+
+EXPS = sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml"))
+
+
+def options(group):
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_required_options():
+    assert {"sdxl", "sd21", "sd15", "tiny_sdxl", "tiny_sd21"} <= set(options("model"))
+    assert {"dpo", "mapo", "sft"} <= set(options("method"))
+    assert {"pickapic_v2", "pick_style_cartoon", "pick_style_pixel_art", "pick_safety", "jsonl",
+            "generated"} <= set(options("data"))
+    assert {"none", "wandb", "tensorboard"} <= set(options("logger"))
+    assert {"mapo_pickstyle", "mapo_picksafety", "dpo_pickapic", "sft_pickapic"} <= set(EXPS)
+
+
+@pytest.mark.parametrize("exp", EXPS)
+def test_every_experiment_composes_and_cites_its_source(exp):
+    text = (Path(CONF_DIR) / "exp" / f"{exp}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert "arXiv" in text or "Source" in text
+    cfg = make_cfg([f"+exp={exp}"])
+    assert cfg.trainer.max_steps > 0 and cfg.method.objective in ("dpo", "mapo", "sft")
+
+
+@pytest.mark.parametrize("group", ["model", "method", "data", "logger"])
+def test_every_option_composes(group):
+    for option in options(group):
+        cfg = make_cfg([f"{group}={option}"])
+        assert cfg[group] is not None
+
+
+def test_paper_defaults():
+    assert make_cfg(["method=dpo"]).method.loss.beta == 5000
+    mapo = make_cfg(["method=mapo"]).method.loss
+    assert (mapo.beta, mapo.snr_value, mapo.num_train_timesteps) == (0.1, 0.5, None)
+    dpo = make_cfg(["+exp=dpo_pickapic"])
+    assert dpo.model.name == "sdxl" and dpo.trainer.optimizer == "adafactor"
+    assert dpo.trainer.lr * dpo.trainer.batch_size * dpo.trainer.grad_accum * 16 == pytest.approx(2.048e-5)
+    assert dpo.trainer.caption_dropout == 0.2 and dpo.trainer.warmup_steps == 200
+    style = make_cfg(["+exp=mapo_pickstyle"])
+    assert style.data.path == "mapo-t2i/pick-style-cartoon" and style.trainer.lr == 1e-5
+    assert make_cfg(["model=sd21"]).model.resolution == 768
