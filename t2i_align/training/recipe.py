@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -51,9 +52,13 @@ def resolve_reference_strategy(strategy: str, use_lora: bool, needs_reference: b
     return strategy
 
 
-def build_accelerator(mixed_precision: str, logger: str, run_dir: Path, seed: int) -> Accelerator:
+def build_accelerator(mixed_precision: str, logger: str, run_dir: Path) -> Accelerator:
     """Accelerator with the chosen tracker (wandb / tensorboard) or none."""
     log_with = None if logger in (None, "none") else logger
+    # AcceleratorState is a process-wide singleton: a second run in the same process (Hydra
+    # multirun sweeps, tests) with another mixed precision would be refused. Reset it, keeping
+    # the distributed PartialState.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision, log_with=log_with,
                        project_dir=str(run_dir), step_scheduler_with_optimizer=False)
 
@@ -84,7 +89,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     objective = get_objective(meth.objective)
     use_lora = bool(t_cfg.lora.enabled)
 
-    accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir, t_cfg.seed)
+    accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
