@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -90,6 +90,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     use_lora = bool(t_cfg.lora.enabled)
 
     accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
+    # Each process composed its own run_dir; a default built from ${now:...} can differ by a
+    # second between ranks, so every rank takes the main process's.
+    run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

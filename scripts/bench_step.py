@@ -1,0 +1,596 @@
+"""Step benchmark: what one training step of t2i_align costs next to the bare UNet compute.
+
+For every (model, method, tuning) row this measures two things on the same UNet and batch:
+
+- "step": one optimizer step exactly as the training recipe (t2i_align/training/recipe.py)
+  runs it with grad_accum 1: ``preference_step`` (VAE encode + text encode + noising + policy
+  forward + reference forward + objective), the finite-loss check, ``accelerator.backward``,
+  ``accelerator.clip_grad_norm_``, ``optimizer.step``, ``lr_scheduler.step``, ``zero_grad`` and
+  the per-step metric reduction. The optimizer is AdamW over the trainable parameters, built
+  with the trainer defaults of conf/trainer/default.yaml; the objective hyper-parameters come
+  from conf/method/<method>.yaml. The batch is built once through the real data path
+  (generated_pairs_table -> PreferencePairs -> collate_pairs) and reused.
+- "bare": the same compute with nothing but the UNet: precomputed noisy latents, timesteps
+  and conditioning ([2B] for DPO / MaPO, [B] for SFT), policy forward + MSE + backward +
+  AdamW step + zero_grad, plus, for DPO, one reference forward under no_grad of the same kind
+  (the frozen copy for full fine-tuning, the same UNet with its LoRA adapters off for LoRA).
+
+The bare compute is what any implementation of the method must spend; step - bare is the
+overhead this framework owns (and the frozen VAE / text encoders, which the papers' scripts
+also run every step). ratio = step / bare; the target is within 1.05x. "encode" times the
+part of preference_step before the UNet (VAE + text encoders + noising) on its own, and the
+phase table splits both loops (forward / backward / clip / optimizer) so the ratio is explained.
+
+Timing: time.perf_counter around each step (with torch.cuda.synchronize at every phase mark on
+CUDA), median over --steps timed steps after --warmup untimed ones. Peak memory, on CUDA:
+torch.cuda.max_memory_allocated (reset per phase) minus the allocation after loading the model
+parts. On CPU there is no allocator counter, so each row runs in a fresh subprocess (the script
+re-invokes itself with --row) and reports the peak resident set size (VmHWM, reset through
+/proc/self/clear_refs before each phase) minus the RSS after loading the model parts: what
+training adds on top of the loaded weights (reference copy, LoRA weights, gradients, AdamW
+state, activations). The bare loop runs first in each row, so the step's peak is not hidden by
+memory the bare loop freed but the allocator kept.
+
+Usage: python scripts/bench_step.py [--models tiny,small] [--methods sft,mapo,dpo]
+       [--tunings full,lora] [--pairs 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
+       [--json PATH] [--no-subprocess]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("tiny", "small")
+METHODS = ("sft", "mapo", "dpo")
+TUNINGS = ("full", "lora")
+SEED = 0
+ROW_TAG = "BENCH_ROW "  # prefix of the JSON line a --row child prints on stdout
+
+# The "small" UNet: SDXL-shaped (no attention at the top level, deeper transformers lower down,
+# linear projections, text_time conditioning), about 33M parameters, for 64 px images.
+SMALL_RESOLUTION = 64
+SMALL_UNET = dict(
+    sample_size=SMALL_RESOLUTION // 2,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(64, 128, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 2),
+    attention_head_dim=(2, 4, 8),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+)
+
+
+# ----------------------------------------------------------------------------------- config
+
+def trainer_defaults():
+    """conf/trainer/default.yaml: the optimizer, clipping, schedule and LoRA settings of a run."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(REPO / "conf" / "trainer" / "default.yaml")
+
+
+def method_hparams(method: str, noise_scheduler) -> dict:
+    """The objective's hyper-parameters from conf/method/<method>.yaml, resolved as the recipe does."""
+    from omegaconf import OmegaConf
+
+    hparams = dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{method}.yaml").loss))
+    if "num_train_timesteps" in hparams and hparams["num_train_timesteps"] is None:
+        hparams["num_train_timesteps"] = noise_scheduler.config.num_train_timesteps
+    return hparams
+
+
+# ----------------------------------------------------------------------------------- models
+
+def small_unet(text_encoders):
+    """The ~33M-parameter SDXL-shaped UNet, conditioned like the tiny SDXL text encoders."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    cross_dim = sum(encoder.config.hidden_size for encoder in text_encoders)
+    pooled_dim = text_encoders[1].config.projection_dim
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        **SMALL_UNET,
+        cross_attention_dim=cross_dim,
+        projection_class_embeddings_input_dim=6 * SMALL_UNET["addition_time_embed_dim"] + pooled_dim,
+    )
+    unet.requires_grad_(True)
+    unet.train()
+    return unet
+
+
+def load_model(name: str, device):
+    """(parts, resolution): the tiny SDXL parts, with the small UNet swapped in for "small";
+    every part on `device` (the recipe moves the UNet there before making the reference)."""
+    from t2i_align.models.loading import load_parts
+    from t2i_align.models.tiny import TINY_RESOLUTION
+
+    parts = load_parts("tiny:sdxl")
+    resolution = TINY_RESOLUTION
+    if name == "small":
+        parts.unet = small_unet(parts.text_encoders)
+        resolution = SMALL_RESOLUTION
+    elif name != "tiny":
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    parts.unet.to(device)
+    parts.vae.to(device)
+    for encoder in parts.text_encoders:
+        encoder.to(device)
+    return parts, resolution
+
+
+def build_batch(num_pairs: int, resolution: int) -> dict:
+    """One micro-batch through the real data path (generated pairs, centre crop, pair flip)."""
+    from t2i_align.data.dataset import PreferencePairs, collate_pairs
+    from t2i_align.data.generated import generated_pairs_table
+
+    table = generated_pairs_table(num_pairs=num_pairs, seed=SEED, size=max(64, resolution))
+    dataset = PreferencePairs(table, resolution=resolution, random_crop=False, random_flip=True, seed=SEED)
+    return collate_pairs([dataset[i] for i in range(num_pairs)])
+
+
+@dataclass
+class Training:
+    """What the recipe sets up before its loop: objective, UNet (+LoRA), reference."""
+
+    objective: object
+    hparams: dict
+    unet: object
+    reference: object  # callable or None
+    reference_kind: str  # "none" | "copy" | "adapters_off"
+    trainable: list
+
+
+def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
+    """Attention backend, LoRA, reference: the same calls in the same order as run_training."""
+    import torch
+
+    from t2i_align.models.attention import set_attention_backend
+    from t2i_align.models.lora import add_lora
+    from t2i_align.models.reference import make_reference
+    from t2i_align.objectives import get_objective
+    from t2i_align.training.recipe import resolve_reference_strategy
+
+    objective = get_objective(method)
+    use_lora = tuning == "lora"
+    unet = parts.unet
+    set_attention_backend(unet, "sdpa")
+    if use_lora:
+        torch.manual_seed(SEED)  # LoRA A matrices are drawn from the global RNG
+        add_lora(unet, rank=tcfg.lora.rank, alpha=tcfg.lora.alpha, dropout=tcfg.lora.dropout,
+                 target_modules=tuple(tcfg.lora.target_modules))
+    unet.to(device)
+    kind = resolve_reference_strategy(tcfg.reference, use_lora, objective.needs_reference)
+    reference = make_reference(unet, kind, dtype=None)  # fp32 run: no reference cast
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    return Training(objective, method_hparams(method, parts.noise_scheduler), unet, reference, kind, trainable)
+
+
+# ----------------------------------------------------------------------------------- timing
+
+class PhaseClock:
+    """perf_counter marks within one step; synchronizes CUDA at every mark."""
+
+    def __init__(self, device):
+        import torch
+
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.phases: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._sync()
+        self.phases = {}
+        self._start = self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        return self._last - self._start
+
+
+def time_loop(run, warmup: int, steps: int, device) -> dict:
+    """Run `run(clock)` warmup + steps times; medians of the timed steps (total and per phase)."""
+    clock = PhaseClock(device)
+    for _ in range(warmup):
+        clock.start()
+        run(clock)
+    totals, phases = [], defaultdict(list)
+    for _ in range(steps):
+        clock.start()
+        run(clock)
+        totals.append(clock.total())
+        for phase, seconds in clock.phases.items():
+            phases[phase].append(seconds)
+    return {"median": statistics.median(totals), "times": totals,
+            "phases": {phase: statistics.median(values) for phase, values in phases.items()}}
+
+
+# ----------------------------------------------------------------------------------- memory
+
+class MemoryMeter:
+    """Current and peak memory in MB: CUDA allocator counters, or the process RSS on CPU."""
+
+    def __init__(self, device):
+        self.device = device
+        self.kind = "cuda_allocated" if device.type == "cuda" else "rss"
+
+    @staticmethod
+    def _status_mb(key: str) -> float:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        raise KeyError(key)
+
+    def current(self) -> float:
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return self._status_mb("VmRSS")
+
+    def reset_peak(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:  # Linux >= 4.0: "5" resets the peak RSS (VmHWM) to the current RSS
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+        except OSError:
+            self.kind = "ru_maxrss"  # lifetime peak only: the load itself may dominate
+
+    def peak(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.kind == "rss":
+            return self._status_mb("VmHWM")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------- loops
+
+def encode_inputs(parts, batch: dict, training: Training, resolution: int, device, generator) -> dict:
+    """Everything preference_step does before the UNet: VAE latents, text conditioning, noising."""
+    from t2i_align.noising import forward_noise_pairs
+    from t2i_align.training.step import build_conditioning, encode_latents
+
+    uses_rejected = training.objective.uses_rejected
+    latents_w = encode_latents(parts.vae, batch["pixels_w"], generator)
+    latents_l = encode_latents(parts.vae, batch["pixels_l"], generator) if uses_rejected else None
+    captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    cond = build_conditioning(captions_w, captions_l if uses_rejected else None, parts.text_encoders,
+                              parts.tokenizers, parts.family, batch["original_sizes_w"],
+                              batch["original_sizes_l"], batch["crop_top_left"], resolution, device)
+    noisy, target, timesteps = forward_noise_pairs(parts.noise_scheduler, latents_w, latents_l,
+                                                   generator, parts.prediction_type)
+    return {"noisy": noisy, "target": target, "timesteps": timesteps, **cond}
+
+
+class BareStep:
+    """UNet-only step on precomputed inputs: policy fwd + MSE (+ reference fwd) + bwd + AdamW."""
+
+    def __init__(self, training: Training, inputs: dict, tcfg):
+        import torch
+
+        self.training, self.inputs = training, inputs
+        self.optimizer = torch.optim.AdamW(training.trainable, lr=tcfg.lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+                                           eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay)
+
+    def _reference_forward(self) -> None:
+        import torch
+
+        kind, x = self.training.reference_kind, self.inputs
+        if kind == "none":
+            return
+        unet = self.training.unet if kind == "adapters_off" else self.training.reference.unet
+        with torch.no_grad():
+            if kind == "adapters_off":
+                unet.disable_adapters()
+            unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
+                 added_cond_kwargs=x.get("added_cond_kwargs"))
+            if kind == "adapters_off":
+                unet.enable_adapters()
+
+    def __call__(self, clock: PhaseClock) -> None:
+        import torch.nn.functional as F
+
+        x = self.inputs
+        pred = self.training.unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
+                                  added_cond_kwargs=x.get("added_cond_kwargs")).sample
+        loss = F.mse_loss(pred.float(), x["target"].float())
+        self._reference_forward()
+        clock.mark("forward")
+        loss.backward()
+        clock.mark("backward")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        clock.mark("optimizer")
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer = None
+
+
+class RecipeStep:
+    """One optimizer step as run_training's loop body does it (grad_accum 1, fp32, no logging I/O)."""
+
+    def __init__(self, parts, training: Training, batch: dict, tcfg, resolution: int, device):
+        import torch
+        from accelerate import Accelerator
+
+        from t2i_align.training.optim import build_lr_scheduler, build_optimizer
+
+        self.parts, self.training, self.batch = parts, training, batch
+        self.resolution, self.device = resolution, device
+        self.max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm else float("inf")
+        self.accelerator = Accelerator(mixed_precision="no", cpu=device.type == "cpu",
+                                       step_scheduler_with_optimizer=False)
+        optimizer = build_optimizer(training.trainable, tcfg.optimizer, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                    betas=(tcfg.adam_beta1, tcfg.adam_beta2), eps=tcfg.adam_eps)
+        self.lr_scheduler = build_lr_scheduler(optimizer, tcfg.lr_scheduler, tcfg.warmup_steps, 10**6)
+        self.unet, self.optimizer = self.accelerator.prepare(training.unet, optimizer)
+        self.generator = torch.Generator(device=device).manual_seed(SEED)
+
+    def __call__(self, clock: PhaseClock) -> None:
+        import torch
+
+        from t2i_align.training.metrics_log import mean_metrics, to_float
+        from t2i_align.training.step import preference_step
+
+        parts, training = self.parts, self.training
+        loss, metrics = preference_step(
+            self.batch, unet=self.unet, reference=training.reference, vae=parts.vae,
+            text_encoders=parts.text_encoders, tokenizers=parts.tokenizers, family=parts.family,
+            noise_scheduler=parts.noise_scheduler, prediction_type=parts.prediction_type,
+            objective=training.objective, objective_hparams=training.hparams, generator=self.generator,
+            caption_dropout=0.0, resolution=self.resolution, device=self.device,
+            autocast=self.accelerator.autocast)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss {loss.item()} in the benchmark step")
+        clock.mark("forward")
+        self.accelerator.backward(loss)
+        clock.mark("backward")
+        grad_norm = self.accelerator.clip_grad_norm_(training.trainable, self.max_norm)
+        clock.mark("clip")
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean_metrics([{"loss": loss.detach(), **metrics}])
+        to_float(grad_norm)
+        clock.mark("optimizer")
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.free_memory()
+        self.optimizer = self.unet = None
+
+
+# ----------------------------------------------------------------------------------- one row
+
+def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup: int, device_name: str) -> dict:
+    """Measure one (model, method, tuning): bare loop, then recipe step loop, then encode alone."""
+    import torch
+
+    device = torch.device(device_name)
+    torch.manual_seed(SEED)
+    memory = MemoryMeter(device)
+    tcfg = trainer_defaults()
+    parts, resolution = load_model(model, device)
+    unet_params = sum(p.numel() for p in parts.unet.parameters())
+    batch = build_batch(pairs, resolution)
+    baseline = memory.current()
+
+    training = setup_training(parts, method, tuning, tcfg, device)
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    with torch.no_grad():
+        inputs = encode_inputs(parts, batch, training, resolution, device, generator)
+
+    memory.reset_peak()
+    bare = BareStep(training, inputs, tcfg)
+    bare_timing = time_loop(bare, warmup, steps, device)
+    bare_peak = memory.peak() - baseline
+    bare.close()
+    del bare
+
+    memory.reset_peak()
+    step = RecipeStep(parts, training, batch, tcfg, resolution, device)
+    step_timing = time_loop(step, warmup, steps, device)
+    step_peak = memory.peak() - baseline
+    step.close()
+    del step
+
+    def encode(clock):
+        with torch.no_grad():
+            encode_inputs(parts, batch, training, resolution, device, generator)
+        clock.mark("encode")
+
+    encode_timing = time_loop(encode, 1, steps, device)
+    return {
+        "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind,
+        "pairs": pairs, "resolution": resolution, "latent": list(inputs["noisy"].shape[-2:]),
+        "unet_params_m": unet_params / 1e6,
+        "trainable_params_m": sum(p.numel() for p in training.trainable) / 1e6,
+        "step_s": step_timing["median"], "bare_s": bare_timing["median"],
+        "ratio": step_timing["median"] / bare_timing["median"], "encode_s": encode_timing["median"],
+        "peak_mb": step_peak, "bare_peak_mb": bare_peak, "baseline_mb": baseline, "memory": memory.kind,
+        "step_phases": step_timing["phases"], "bare_phases": bare_timing["phases"],
+        "step_times": step_timing["times"], "bare_times": bare_timing["times"],
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+    }
+
+
+def run_row_subprocess(model: str, method: str, tuning: str, args) -> dict:
+    """run_row in a fresh interpreter (clean memory accounting); returns its JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--row", f"{model}:{method}:{tuning}",
+           "--pairs", str(args.pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--device", args.device]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"row {model}/{method}/{tuning} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith(ROW_TAG):
+            return json.loads(line[len(ROW_TAG):])
+    raise RuntimeError(f"row {model}/{method}/{tuning} printed no result:\n{proc.stdout[-2000:]}")
+
+
+# ----------------------------------------------------------------------------------- report
+
+def memory_note(rows: list[dict], in_process: bool) -> str:
+    kinds = {row["memory"] for row in rows}
+    if kinds == {"cuda_allocated"}:
+        return ("peak MB = torch.cuda.max_memory_allocated during the timed loop minus the allocation "
+                "after loading the model parts")
+    note = ("peak MB = peak RSS (VmHWM, reset before each loop) during the loop minus the RSS after "
+            "loading the model parts: reference copy + LoRA + grads + AdamW state + activations")
+    if "ru_maxrss" in kinds:
+        note += " (ru_maxrss fallback: lifetime peak, may be dominated by loading)"
+    if in_process:
+        note += " (in-process rows: approximate, earlier rows' freed memory may be reused)"
+    return note
+
+
+def markdown_table(rows: list[dict], in_process: bool = False) -> str:
+    """The main table: per-row step vs bare seconds, ratio, encode time, peak memory."""
+    lines = [f"Median s/step over the timed steps; ratio = s/step / bare s/step. {memory_note(rows, in_process)}.",
+             "",
+             "| model | method | tuning | reference | s/step | bare s/step | ratio | encode s | peak MB | bare peak MB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['reference']} | {r['step_s']:.3f} | "
+                     f"{r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['encode_s']:.3f} | {r['peak_mb']:.0f} | "
+                     f"{r['bare_peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def phase_table(rows: list[dict]) -> str:
+    """Where the time goes: median seconds per phase, step vs bare (step forward includes encode)."""
+    lines = ["| model | method | tuning | encode | fwd step / bare | bwd step / bare | clip (step) | "
+             "optim step / bare |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s, b = r["step_phases"], r["bare_phases"]
+        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['encode_s']:.3f} | "
+                     f"{s['forward']:.3f} / {b['forward']:.3f} | {s['backward']:.3f} / {b['backward']:.3f} | "
+                     f"{s['clip']:.3f} | {s['optimizer']:.3f} / {b['optimizer']:.3f} |")
+    return "\n".join(lines)
+
+
+def machine_line(rows: list[dict], args) -> str:
+    first = rows[0]
+    models = "; ".join(f"{r['model']}: UNet {r['unet_params_m']:.1f}M params, {r['resolution']} px -> "
+                       f"{r['latent'][0]}x{r['latent'][1]} latents"
+                       for r in {row["model"]: row for row in rows}.values())
+    return (f"Machine: torch {first['torch']}, {first['threads']} threads, device {first['device']}, "
+            f"{os.cpu_count()} CPUs. {args.pairs} pairs/step, {args.warmup} warmup + {args.steps} timed steps, "
+            f"fp32, AdamW. Models: {models}.")
+
+
+def summary_line(rows: list[dict]) -> str:
+    ratios = sorted(r["ratio"] for r in rows)
+    return (f"step / bare ratio: median {statistics.median(ratios):.2f}x, "
+            f"range {ratios[0]:.2f}x - {ratios[-1]:.2f}x over {len(rows)} rows.")
+
+
+# ----------------------------------------------------------------------------------- main
+
+def split_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(f"--{what}: unknown {unknown or 'empty list'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), type=lambda s: split_list(s, MODELS, "models"))
+    parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: split_list(s, METHODS, "methods"))
+    parser.add_argument("--tunings", default=",".join(TUNINGS), type=lambda s: split_list(s, TUNINGS, "tunings"))
+    parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (micro-batch size)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per loop (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--no-subprocess", dest="in_process", action="store_true",
+                        help="run every row in this process (fast, for tests; CPU memory numbers approximate)")
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: model:method:tuning
+    args = parser.parse_args(argv)
+    if args.pairs < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--pairs and --steps must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    """Benchmark every requested row, print the tables, optionally write JSON; returns the rows."""
+    args = parse_args(argv)
+    if args.row:  # child mode: one row, one JSON line
+        model, method, tuning = args.row.split(":")
+        row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device)
+        print(ROW_TAG + json.dumps(row), flush=True)
+        return [row]
+
+    started = time.perf_counter()
+    combos = [(m, meth, t) for m in args.models for meth in args.methods for t in args.tunings]
+    rows = []
+    for index, (model, method, tuning) in enumerate(combos, 1):
+        if args.in_process:
+            row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device)
+        else:
+            row = run_row_subprocess(model, method, tuning, args)
+        rows.append(row)
+        print(f"[{index}/{len(combos)}] {model} {method} {tuning}: step {row['step_s']:.3f} s, "
+              f"bare {row['bare_s']:.3f} s, ratio {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+
+    print(machine_line(rows, args))
+    print()
+    print(markdown_table(rows, args.in_process))
+    print()
+    print(summary_line(rows))
+    print()
+    print("Time split (median s per phase; step forward = preference_step, i.e. includes encode):")
+    print()
+    print(phase_table(rows))
+    elapsed = time.perf_counter() - started
+    print()
+    print(f"Total benchmark wall time: {elapsed:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_line(rows, args), "wall_s": elapsed,
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
+                                        indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
