@@ -63,13 +63,23 @@ def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokenizers, family: str,
                     noise_scheduler, prediction_type: str, objective, objective_hparams: dict,
                     generator: torch.Generator, caption_dropout: float, resolution: int,
-                    device, autocast) -> tuple[torch.Tensor, dict]:
-    """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs)."""
-    uses_rejected = objective.uses_rejected
-    latents_w = encode_latents(vae, batch["pixels_w"], generator)
-    latents_l = encode_latents(vae, batch["pixels_l"], generator) if uses_rejected else None
+                    device, autocast, per_image_captions: bool = False) -> tuple[torch.Tensor, dict]:
+    """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
-    captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
+    the pair's shared prompt.
+    """
+    uses_rejected = objective.uses_rejected
+    if uses_rejected:  # one VAE call for both images of every pair
+        latents_w, latents_l = encode_latents(
+            vae, torch.cat([batch["pixels_w"], batch["pixels_l"]]), generator).chunk(2)
+    else:
+        latents_w, latents_l = encode_latents(vae, batch["pixels_w"], generator), None
+
+    if per_image_captions:  # DCPO: each image conditioned on its own caption
+        captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    else:
+        captions_w = captions_l = list(batch["captions"])
     if caption_dropout > 0:
         drop = torch.rand(len(captions_w), generator=generator, device=generator.device) < caption_dropout
         captions_w, captions_l = drop_captions(captions_w, drop), drop_captions(captions_l, drop)
