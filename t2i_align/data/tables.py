@@ -41,12 +41,17 @@ class MissingColumnError(ValueError):
 # ----------------------------------------------------------------------------- column checks
 
 
-def _check_columns(found: list[str], where: str, caption_column: str, image_columns, label_column: str) -> None:
+def _check_columns(found: list[str], where: str, caption_column: str, image_columns, label_column: str,
+                   image_caption_columns=None) -> None:
     """Raise MissingColumnError naming each missing column, the columns found and the config key."""
     if len(image_columns) != 2 or image_columns[0] == image_columns[1]:
         raise ValueError(f"data.image_columns must name two different columns, got {list(image_columns)}")
     wanted = [(caption_column, "data.caption_column"), (image_columns[0], "data.image_columns"),
               (image_columns[1], "data.image_columns"), (label_column, "data.label_column")]
+    if image_caption_columns:
+        if len(image_caption_columns) != 2:
+            raise ValueError(f"data.image_caption_columns must name two columns, got {list(image_caption_columns)}")
+        wanted += [(name, "data.image_caption_columns") for name in image_caption_columns]
     missing = [(name, key) for name, key in wanted if name not in found]
     if missing:
         listed = ", ".join(f"{name!r} (set {key})" for name, key in missing)
@@ -99,14 +104,15 @@ def _load_saved(folder: Path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_parquet(files: list[str], where: str, caption_column, image_columns, label_column) -> datasets.Dataset:
+def _load_parquet(files: list[str], where: str, caption_column, image_columns, label_column,
+                  image_caption_columns=None) -> datasets.Dataset:
     """Parquet files, checked against their schema first and read with only the needed columns."""
     try:
         found = pq.read_schema(files[0]).names
     except Exception as error:
         raise ValueError(f"{files[0]}: cannot read parquet schema: {error}") from error
-    _check_columns(found, where, caption_column, image_columns, label_column)
-    wanted = [caption_column, *image_columns, label_column]
+    _check_columns(found, where, caption_column, image_columns, label_column, image_caption_columns)
+    wanted = [caption_column, *image_columns, label_column, *(image_caption_columns or ())]
     wanted += [name for name in PER_IMAGE_CAPTIONS if name in found and name not in wanted]
     return datasets.Dataset.from_parquet(files, columns=wanted, split="train")
 
@@ -117,7 +123,8 @@ def _looks_local(path: str) -> bool:
             or path.endswith((".parquet", ".arrow", ".jsonl", ".json")))
 
 
-def _load_pickapic(path, split, caption_column, image_columns, label_column) -> tuple[datasets.Dataset, str]:
+def _load_pickapic(path, split, caption_column, image_columns, label_column,
+                   image_caption_columns=None) -> tuple[datasets.Dataset, str]:
     """Dispatch a Pick-a-Pic-schema source: save_to_disk folder, parquet, else a hub dataset."""
     if not path:
         raise ValueError("data.path must be set for source 'pickapic' (a save_to_disk folder, parquet file / "
@@ -128,7 +135,8 @@ def _load_pickapic(path, split, caption_column, image_columns, label_column) -> 
     files = _parquet_files(expanded, split)
     if files is not None:
         where = expanded if len(files) == 1 else f"{expanded} ({len(files)} parquet files)"
-        return _load_parquet(files, where, caption_column, image_columns, label_column), where
+        return _load_parquet(files, where, caption_column, image_columns, label_column,
+                             image_caption_columns), where
     if os.path.exists(expanded):
         raise ValueError(f"{expanded}: neither a save_to_disk folder nor parquet file(s)")
     if _looks_local(path):
@@ -145,15 +153,27 @@ def _load_pickapic(path, split, caption_column, image_columns, label_column) -> 
 # ----------------------------------------------------------------------------- normalising
 
 
+def _preference_to_image_order(labels, chosen, rejected) -> dict:
+    """(chosen, rejected) captions -> captions of (jpg_0, jpg_1): jpg_1 is the chosen one when
+    label_0 == 0 (ties keep image order, jpg_0 counting as chosen)."""
+    first = [r if label == 0 else c for label, c, r in zip(labels, chosen, rejected)]
+    second = [c if label == 0 else r for label, c, r in zip(labels, chosen, rejected)]
+    return {"caption_0": first, "caption_1": second}
+
+
 def _keep_non_ties(labels: list) -> list[bool]:
     return [label != TIE for label in labels]
 
 
-def _canonical(table: datasets.Dataset, caption_column, image_columns, label_column) -> datasets.Dataset:
+def _canonical(table: datasets.Dataset, caption_column, image_columns, label_column,
+               image_caption_columns=None) -> datasets.Dataset:
     """Keep the needed columns under canonical names; leave image columns undecoded."""
     mapping = {caption_column: "caption", image_columns[0]: "jpg_0", image_columns[1]: "jpg_1",
                label_column: "label_0"}
-    keep = list(mapping) + [c for c in PER_IMAGE_CAPTIONS if c in table.column_names and c not in mapping]
+    if image_caption_columns:
+        mapping.update({image_caption_columns[0]: "caption_0", image_caption_columns[1]: "caption_1"})
+    keep = list(mapping) + [c for c in PER_IMAGE_CAPTIONS if c in table.column_names and c not in mapping
+                            and c not in mapping.values()]
     table = table.select_columns(keep)
     # Rename through temporary names so overlapping choices (e.g. image_columns=("jpg_1", "jpg_0"))
     # cannot collide with an existing column.
@@ -176,6 +196,8 @@ def load_pair_table(
     max_pairs: int | None = None,
     num_generated: int = 64,
     seed: int = 0,
+    image_caption_columns: tuple[str, str] | None = None,
+    image_caption_order: str = "image",
 ) -> datasets.Dataset:
     """Load preference pairs with canonical columns caption, jpg_0, jpg_1, label_0 (+ caption_0/1).
 
@@ -186,9 +208,18 @@ def load_pair_table(
     offline set of `num_generated` pairs from `seed`; `path` is ignored. For "jsonl" and
     "generated" the column arguments are ignored (those tables are built canonical).
 
+    Per-image captions (DCPO): `image_caption_columns` names two columns that become caption_0
+    / caption_1; with image_caption_order "image" they follow jpg_0 / jpg_1 (DCPO's caption_0 /
+    caption_1), with "preference" they are (chosen caption, rejected caption) and are put into
+    image order here, so the chosen-first swap later moves them with their images. Without
+    it, columns named caption_0 / caption_1 are kept when present.
+
     Columns are checked before anything else. `drop_ties` removes label 0.5 rows by scanning
     the label column only; `max_pairs` then keeps the first N rows.
     """
+    if image_caption_order not in ("image", "preference"):
+        raise ValueError(f"data.image_caption_order must be 'image' or 'preference', got {image_caption_order!r}")
+    image_caption_columns = tuple(image_caption_columns) if image_caption_columns else None
     if source == "generated":
         table, where = generated_pairs_table(num_pairs=num_generated, seed=seed), f"generated pairs (seed {seed})"
         caption_column, image_columns, label_column = "caption", ("jpg_0", "jpg_1"), "label_0"
@@ -198,15 +229,19 @@ def load_pair_table(
         table, where = read_jsonl_pairs(path), str(path)
         caption_column, image_columns, label_column = "caption", ("jpg_0", "jpg_1"), "label_0"
     elif source == "pickapic":
-        table, where = _load_pickapic(path, split, caption_column, tuple(image_columns), label_column)
+        table, where = _load_pickapic(path, split, caption_column, tuple(image_columns), label_column,
+                                      image_caption_columns)
     else:
         raise ValueError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}")
     if max_pairs is not None and max_pairs < 1:
         raise ValueError(f"data.max_pairs must be a positive number or null, got {max_pairs}")
 
     image_columns = tuple(image_columns)
-    _check_columns(table.column_names, where, caption_column, image_columns, label_column)
-    table = _canonical(table, caption_column, image_columns, label_column)
+    _check_columns(table.column_names, where, caption_column, image_columns, label_column, image_caption_columns)
+    table = _canonical(table, caption_column, image_columns, label_column, image_caption_columns)
+    if image_caption_columns and image_caption_order == "preference":
+        table = table.map(_preference_to_image_order, input_columns=["label_0", "caption_0", "caption_1"],
+                          batched=True, keep_in_memory=True, desc="Ordering captions")
 
     loaded = len(table)
     if drop_ties:

@@ -128,7 +128,14 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                             caption_column=d_cfg.caption_column,
                             image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
                             drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
-                            num_generated=d_cfg.num_generated, seed=t_cfg.seed)
+                            num_generated=d_cfg.num_generated, seed=t_cfg.seed,
+                            image_caption_columns=d_cfg.image_caption_columns,
+                            image_caption_order=d_cfg.image_caption_order)
+    per_image_captions = meth.captions == "per_image"
+    if per_image_captions and not {"caption_0", "caption_1"} <= set(table.column_names):
+        raise ValueError(f"method {meth.name} conditions each image on its own caption, but the data has no "
+                         f"per-image captions (columns: {table.column_names}); set "
+                         "data.image_caption_columns=[caption for jpg_0, caption for jpg_1]")
     dataset = PreferencePairs(table, resolution=resolution, random_crop=d_cfg.random_crop,
                               random_flip=d_cfg.random_flip, seed=t_cfg.seed)
     dataloader = build_dataloader(dataset, batch_size=t_cfg.batch_size, seed=t_cfg.seed,
@@ -190,7 +197,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                         prediction_type=parts.prediction_type, objective=objective,
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,
-                        device=device, autocast=accelerator.autocast)
+                        device=device, autocast=accelerator.autocast,
+                        per_image_captions=per_image_captions)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "

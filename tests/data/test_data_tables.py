@@ -113,3 +113,53 @@ def test_generated_source_drops_ties():
     table = load_pair_table("generated", None, num_generated=32, seed=3)
     assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
     assert len(table) == 30 and 0.5 not in table["label_0"]
+
+
+# ----------------------------------------------------------------------------- per-image captions (DCPO)
+
+
+def _with_captions(rows: dict, first: str, second: str) -> dict:
+    rows = dict(rows)
+    rows[first] = [f"image-0 caption {i}" for i in range(len(rows["caption"]))]
+    rows[second] = [f"image-1 caption {i}" for i in range(len(rows["caption"]))]
+    return rows
+
+
+def test_image_caption_columns_follow_image_order(tmp_path):
+    from tests.data.helpers import pickapic_rows
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict(_with_captions(pickapic_rows(), "cap_a", "cap_b")).save_to_disk(str(folder))
+    table = load_pair_table("pickapic", str(folder), image_caption_columns=("cap_a", "cap_b"), drop_ties=False)
+    assert table[0]["caption_0"] == "image-0 caption 0" and table[1]["caption_1"] == "image-1 caption 1"
+
+
+def test_image_caption_columns_in_preference_order_are_put_in_image_order(tmp_path):
+    from tests.data.helpers import LABELS, pickapic_rows
+
+    rows = pickapic_rows()
+    n = len(rows["caption"])
+    rows["chosen_caption"] = [f"chosen {i}" for i in range(n)]
+    rows["rejected_caption"] = [f"rejected {i}" for i in range(n)]
+    files = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_dict(rows).to_parquet(str(files))
+    table = load_pair_table("pickapic", str(files), drop_ties=False, image_caption_order="preference",
+                            image_caption_columns=("chosen_caption", "rejected_caption"))
+    for i, label in enumerate(LABELS):
+        want_0 = f"rejected {i}" if label == 0 else f"chosen {i}"
+        assert table[i]["caption_0"] == want_0
+    # and the dataset's chosen-first swap then hands the chosen caption to the chosen image
+    from t2i_align.data.dataset import PreferencePairs
+
+    pairs = PreferencePairs(table, resolution=8, random_crop=False, random_flip=False)
+    for i in range(n):
+        assert pairs[i]["caption_w"] == f"chosen {i}" and pairs[i]["caption_l"] == f"rejected {i}"
+
+
+def test_missing_image_caption_column_is_named(tmp_path):
+    from tests.data.helpers import pickapic_rows
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict(pickapic_rows()).save_to_disk(str(folder))
+    with pytest.raises(MissingColumnError, match="caption_0.*data.image_caption_columns"):
+        load_pair_table("pickapic", str(folder), image_caption_columns=("caption_0", "caption_1"))

@@ -80,3 +80,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeyp
     assert [s for s, _ in list_checkpoints(run_dir)] == [2]
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
     assert not (run_dir / "final").exists()
+
+
+def test_dcpo_without_per_image_captions_names_the_fix(tmp_path):
+    data = write_pickapic(tmp_path / "pairs")
+    with pytest.raises(ValueError, match="data.image_caption_columns"):
+        train(tmp_path / "run", ["data=pickapic_v2", f"data.path={data}", "data.num_workers=0", "method=dcpo"])

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from t2i_align.models.loading import load_parts
 from tests.training.helpers import final_weights, read_metrics, train
 
-CASES = [(method, model, lora) for method in ("dpo", "mapo", "sft")
+CASES = [(method, model, lora) for method in ("dpo", "mapo", "sft", "dcpo")
          for model in ("tiny_sdxl", "tiny_sd21") for lora in (False, True)]
 
 
@@ -22,7 +22,7 @@ def test_method_trains_and_logs(tmp_path, method, model, lora):
     for r in records:
         assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["lr"] == pytest.approx(1e-3)
         assert r["skipped_rows"] == 0
-    if method == "dpo":
+    if method in ("dpo", "dcpo"):
         # policy == reference at step 1: the loss is ln 2 exactly (REFERENCE.md)
         assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
         assert records[0]["model_err_w"] == pytest.approx(records[0]["ref_err_w"], abs=1e-6)
