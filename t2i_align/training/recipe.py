@@ -132,6 +132,12 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                             image_caption_columns=d_cfg.image_caption_columns,
                             image_caption_order=d_cfg.image_caption_order)
     per_image_captions = meth.captions == "per_image"
+    noising_args = {"noising": meth.noising}
+    if meth.noising == "inversion":
+        inv = meth.inversion
+        if inv.model == "reference" and reference is None:
+            raise ValueError("method.inversion.model=reference needs a method with a reference model")
+        noising_args.update(inversion_steps=inv.steps, inversion_eta=inv.eta, inversion_model=inv.model)
     if per_image_captions and not {"caption_0", "caption_1"} <= set(table.column_names):
         raise ValueError(f"method {meth.name} conditions each image on its own caption, but the data has no "
                          f"per-image captions (columns: {table.column_names}); set "
@@ -198,7 +204,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,
                         device=device, autocast=accelerator.autocast,
-                        per_image_captions=per_image_captions)
+                        per_image_captions=per_image_captions, **noising_args)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "

@@ -8,7 +8,7 @@ the objective and, later, in how x_t is made and which caption conditions which 
 import torch
 
 from t2i_align.models.prompt_encoding import encode_prompts, sdxl_time_ids
-from t2i_align.noising import forward_noise_pairs
+from t2i_align.noising import NOISINGS, forward_noise_pairs, inversion_noise_pairs
 from t2i_align.objectives import compute_objective
 
 
@@ -63,11 +63,16 @@ def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokenizers, family: str,
                     noise_scheduler, prediction_type: str, objective, objective_hparams: dict,
                     generator: torch.Generator, caption_dropout: float, resolution: int,
-                    device, autocast, per_image_captions: bool = False) -> tuple[torch.Tensor, dict]:
+                    device, autocast, per_image_captions: bool = False, noising: str = "forward",
+                    inversion_steps: int = 10, inversion_eta: float = 0.0,
+                    inversion_model: str = "policy") -> tuple[torch.Tensor, dict]:
     """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
     per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
     the pair's shared prompt.
+    noising: "forward" (shared t and noise per pair) or "inversion" (InPO: DDIM inversion in
+    `inversion_steps` steps with added noise `inversion_eta`, by the policy under no grad as
+    released, or by the reference), with the same conditioning as the loss pass.
     """
     uses_rejected = objective.uses_rejected
     if uses_rejected:  # one VAE call for both images of every pair
@@ -87,8 +92,24 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                               tokenizers, family, batch["original_sizes_w"], batch["original_sizes_l"],
                               batch["crop_top_left"], resolution, device)
 
-    noisy, target, timesteps = forward_noise_pairs(noise_scheduler, latents_w, latents_l,
-                                                   generator, prediction_type)
+    if noising == "forward":
+        noisy, target, timesteps = forward_noise_pairs(noise_scheduler, latents_w, latents_l,
+                                                       generator, prediction_type)
+    elif noising == "inversion":  # InPO: x_t by DDIM inversion of x_0, target = implied noise
+        inverter = reference if inversion_model == "reference" else unet
+
+        @torch.no_grad()
+        def predict(x, t):
+            with autocast():
+                out = inverter(x, t, cond["encoder_hidden_states"],
+                               added_cond_kwargs=cond.get("added_cond_kwargs"))
+            return out if torch.is_tensor(out) else out.sample
+
+        noisy, target, timesteps = inversion_noise_pairs(
+            noise_scheduler, latents_w, latents_l, predict, generator, prediction_type,
+            num_steps=inversion_steps, eta=inversion_eta)
+    else:
+        raise ValueError(f"unknown method.noising {noising!r}; choose one of {NOISINGS}")
     with autocast():
         pred = unet(noisy, timesteps, cond["encoder_hidden_states"],
                     added_cond_kwargs=cond.get("added_cond_kwargs")).sample

@@ -49,3 +49,16 @@ def test_paper_defaults():
     style = make_cfg(["+exp=mapo_pickstyle"])
     assert style.data.path == "mapo-t2i/pick-style-cartoon" and style.trainer.lr == 1e-5
     assert make_cfg(["model=sd21"]).model.resolution == 768
+
+
+def test_dcpo_and_inpo_defaults():
+    dcpo = make_cfg(["+exp=dcpo_sd21"])
+    assert dcpo.method.objective == "dpo" and dcpo.method.captions == "per_image"
+    assert dcpo.method.loss.beta == 500 and dcpo.model.name == "sd21" and dcpo.trainer.warmup_steps == 500
+    assert list(dcpo.data.image_caption_columns) == ["caption_0", "caption_1"]
+    inpo = make_cfg(["+exp=inpo_sdxl"])
+    assert inpo.method.noising == "inversion" and inpo.method.inversion.steps == 10
+    assert inpo.method.inversion.eta == 0.1 and inpo.method.inversion.model == "policy"
+    assert inpo.method.loss.beta == 5000 and inpo.trainer.max_steps == 400
+    assert inpo.trainer.lr * inpo.trainer.grad_accum * 8 == pytest.approx(1.024e-5)
+    assert make_cfg(["+exp=inpo_sd15"]).method.loss.beta == 2000

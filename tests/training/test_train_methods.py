@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from t2i_align.models.loading import load_parts
 from tests.training.helpers import final_weights, read_metrics, train
 
-CASES = [(method, model, lora) for method in ("dpo", "mapo", "sft", "dcpo")
+CASES = [(method, model, lora) for method in ("dpo", "mapo", "sft", "dcpo", "inpo")
          for model in ("tiny_sdxl", "tiny_sd21") for lora in (False, True)]
 
 
@@ -22,7 +22,7 @@ def test_method_trains_and_logs(tmp_path, method, model, lora):
     for r in records:
         assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["lr"] == pytest.approx(1e-3)
         assert r["skipped_rows"] == 0
-    if method in ("dpo", "dcpo"):
+    if method in ("dpo", "dcpo", "inpo"):
         # policy == reference at step 1: the loss is ln 2 exactly (REFERENCE.md)
         assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
         assert records[0]["model_err_w"] == pytest.approx(records[0]["ref_err_w"], abs=1e-6)
@@ -61,3 +61,11 @@ def test_gradient_accumulation_steps_once_per_accumulated_batch(tmp_path):
     # linear decay from 1e-4 over 3 optimizer steps: the schedule advanced once per step
     assert [r["step"] for r in records] == [1, 2, 3]
     assert [r["lr"] for r in records] == pytest.approx([1e-4 * 2 / 3, 1e-4 / 3, 0.0])
+
+
+def test_inpo_inverting_with_the_reference(tmp_path):
+    run_dir, _ = train(tmp_path / "run", ["method=inpo", "method.inversion.model=reference",
+                                          "method.inversion.steps=3", "model=tiny_sd21"])
+    records = read_metrics(run_dir)
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert all(math.isfinite(r["loss"]) for r in records)
