@@ -7,9 +7,10 @@ For every (model, method, tuning) row this measures two things on the same UNet 
   forward + reference forward + objective), the finite-loss check, ``accelerator.backward``,
   ``accelerator.clip_grad_norm_``, ``optimizer.step``, ``lr_scheduler.step``, ``zero_grad`` and
   the per-step metric reduction. The optimizer is AdamW over the trainable parameters, built
-  with the trainer defaults of conf/trainer/default.yaml; the objective hyper-parameters come
-  from conf/method/<method>.yaml. The batch is built once through the real data path
-  (generated_pairs_table -> PreferencePairs -> collate_pairs) and reused.
+  with the trainer defaults of conf/trainer/default.yaml; the objective, its caption mode
+  (shared prompt; per-image captions for dcpo, also accepted by --methods) and its
+  hyper-parameters come from conf/method/<method>.yaml. The batch is built once through the
+  real data path (generated_pairs_table -> PreferencePairs -> collate_pairs) and reused.
 - "bare": the same compute with nothing but the UNet: precomputed noisy latents, timesteps
   and conditioning ([2B] for DPO / MaPO, [B] for SFT), policy forward + MSE + backward +
   AdamW step + zero_grad, plus, for DPO, one reference forward under no_grad of the same kind
@@ -22,18 +23,29 @@ part of preference_step before the UNet (VAE + text encoders + noising) on its o
 phase table splits both loops (forward / backward / clip / optimizer) so the ratio is explained.
 
 Timing: time.perf_counter around each step (with torch.cuda.synchronize at every phase mark on
-CUDA), median over --steps timed steps after --warmup untimed ones. Peak memory, on CUDA:
-torch.cuda.max_memory_allocated (reset per phase) minus the allocation after loading the model
-parts. On CPU there is no allocator counter, so each row runs in a fresh subprocess (the script
-re-invokes itself with --row) and reports the peak resident set size (VmHWM, reset through
-/proc/self/clear_refs before each phase) minus the RSS after loading the model parts: what
-training adds on top of the loaded weights (reference copy, LoRA weights, gradients, AdamW
-state, activations). The bare loop runs first in each row, so the step's peak is not hidden by
-memory the bare loop freed but the allocator kept.
+CUDA). The step, bare and encode loops run round-robin, rotating their order every round, so
+load from other processes on a shared machine hits all three alike; after --warmup untimed
+steps of each, the median over --steps timed steps is reported (the min-based ratio too: on a
+busy machine the min is the least disturbed estimate). A "CPU stall %" column (Linux PSI) says
+how much CPU contention each row saw. The environment is the one a training run has: the recipe
+sets TOKENIZERS_PARALLELISM=false (unless set), since the HF tokenizers' own threads otherwise
+compete with torch's (on 2 cores: tiny SFT 0.097 -> 0.062 s/step).
+
+Peak memory, measured in separate untimed passes (bare loop first, then step loop, two steps
+each, which reach the peak: AdamW state appears in the first optimizer step, the second
+backward holds activations + grads + that state). On CUDA: torch.cuda.max_memory_allocated,
+reset per pass, minus the allocation after loading the model parts. On CPU there is no
+allocator counter, so each row runs in a fresh subprocess (the script re-invokes itself with
+--row) and reports the peak resident set size (VmHWM, reset through /proc/self/clear_refs before
+each pass) minus the RSS after loading the model parts: what training adds on top of the loaded
+weights (reference copy, LoRA weights, gradients, AdamW state, activations). The bare pass goes
+first so that the step's peak is not hidden by memory the bare pass freed but malloc kept.
 
 Usage: python scripts/bench_step.py [--models tiny,small] [--methods sft,mapo,dpo]
-       [--tunings full,lora] [--pairs 2] [--steps 10] [--warmup 3] [--device cpu|cuda]
+       [--tunings full,lora] [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda]
        [--json PATH] [--no-subprocess]
+The defaults (5 timed + 2 warm-up steps) keep the full 12-row CPU run to a few minutes on 2
+cores; use --steps 10 or more for tighter medians on a quiet machine.
 """
 
 from __future__ import annotations
@@ -53,13 +65,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as t2i_align.training.recipe sets it
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("tiny", "small")
-METHODS = ("sft", "mapo", "dpo")
+METHODS = ("sft", "mapo", "dpo", "dcpo", "inpo")  # the default rows
 TUNINGS = ("full", "lora")
 SEED = 0
 ROW_TAG = "BENCH_ROW "  # prefix of the JSON line a --row child prints on stdout
+MEMORY_STEPS = 2  # untimed steps per loop for the peak-memory passes
 
 # The "small" UNet: SDXL-shaped (no attention at the top level, deeper transformers lower down,
 # linear projections, text_time conditioning), about 33M parameters, for 64 px images.
@@ -89,11 +103,18 @@ def trainer_defaults():
     return OmegaConf.load(REPO / "conf" / "trainer" / "default.yaml")
 
 
-def method_hparams(method: str, noise_scheduler) -> dict:
-    """The objective's hyper-parameters from conf/method/<method>.yaml, resolved as the recipe does."""
+def method_config(method: str):
+    """conf/method/<method>.yaml: objective, captions (shared / per_image), noising, loss."""
     from omegaconf import OmegaConf
 
-    hparams = dict(OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{method}.yaml").loss))
+    return OmegaConf.load(REPO / "conf" / "method" / f"{method}.yaml")
+
+
+def method_hparams(meth, noise_scheduler) -> dict:
+    """The objective's hyper-parameters of a method config, resolved as the recipe does."""
+    from omegaconf import OmegaConf
+
+    hparams = dict(OmegaConf.to_container(meth.loss, resolve=True))
     if "num_train_timesteps" in hparams and hparams["num_train_timesteps"] is None:
         hparams["num_train_timesteps"] = noise_scheduler.config.num_train_timesteps
     return hparams
@@ -155,10 +176,12 @@ class Training:
 
     objective: object
     hparams: dict
+    per_image_captions: bool  # method.captions == "per_image" (DCPO)
     unet: object
     reference: object  # callable or None
     reference_kind: str  # "none" | "copy" | "adapters_off"
     trainable: list
+    noising: dict  # preference_step's noising keywords (forward, or InPO's inversion settings)
 
 
 def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
@@ -171,7 +194,12 @@ def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
     from t2i_align.objectives import get_objective
     from t2i_align.training.recipe import resolve_reference_strategy
 
-    objective = get_objective(method)
+    meth = method_config(method)
+    noising = {"noising": meth.get("noising", "forward")}
+    if noising["noising"] == "inversion":
+        noising.update(inversion_steps=meth.inversion.steps, inversion_eta=meth.inversion.eta,
+                       inversion_model=meth.inversion.model)
+    objective = get_objective(meth.objective)
     use_lora = tuning == "lora"
     unet = parts.unet
     set_attention_backend(unet, "sdpa")
@@ -183,7 +211,8 @@ def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
     kind = resolve_reference_strategy(tcfg.reference, use_lora, objective.needs_reference)
     reference = make_reference(unet, kind, dtype=None)  # fp32 run: no reference cast
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    return Training(objective, method_hparams(method, parts.noise_scheduler), unet, reference, kind, trainable)
+    return Training(objective, method_hparams(meth, parts.noise_scheduler), meth.get("captions") == "per_image",
+                    unet, reference, kind, trainable, noising)
 
 
 # ----------------------------------------------------------------------------------- timing
@@ -212,21 +241,35 @@ class PhaseClock:
         return self._last - self._start
 
 
-def time_loop(run, warmup: int, steps: int, device) -> dict:
-    """Run `run(clock)` warmup + steps times; medians of the timed steps (total and per phase)."""
+def run_untimed(run, iterations: int, device) -> None:
+    """Run `run(clock)` a few times without recording (warm-up, memory passes)."""
     clock = PhaseClock(device)
-    for _ in range(warmup):
+    for _ in range(iterations):
         clock.start()
         run(clock)
-    totals, phases = [], defaultdict(list)
-    for _ in range(steps):
-        clock.start()
-        run(clock)
-        totals.append(clock.total())
-        for phase, seconds in clock.phases.items():
-            phases[phase].append(seconds)
-    return {"median": statistics.median(totals), "times": totals,
-            "phases": {phase: statistics.median(values) for phase, values in phases.items()}}
+
+
+def time_interleaved(loops: dict, warmup: int, steps: int, device) -> dict:
+    """Time several loops round-robin (rotating the order every round), so that load from other
+    processes on a shared machine hits all of them alike. Per loop: median and min of the
+    timed steps, all step times, and the median of each phase."""
+    names = list(loops)
+    for name in names:
+        run_untimed(loops[name], warmup, device)
+    clock = PhaseClock(device)
+    totals = {name: [] for name in names}
+    phases = {name: defaultdict(list) for name in names}
+    for index in range(steps):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            clock.start()
+            loops[name](clock)
+            totals[name].append(clock.total())
+            for phase, seconds in clock.phases.items():
+                phases[name][phase].append(seconds)
+    return {name: {"median": statistics.median(totals[name]), "min": min(totals[name]), "times": totals[name],
+                   "phases": {phase: statistics.median(v) for phase, v in phases[name].items()}}
+            for name in names}
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -278,23 +321,68 @@ class MemoryMeter:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_stall_seconds() -> float | None:
+    """Total time (s) some task of this machine waited for a CPU (/proc/pressure/cpu, Linux PSI)."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+        return int(some[-1].split("=")[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 # ----------------------------------------------------------------------------------- loops
 
 def encode_inputs(parts, batch: dict, training: Training, resolution: int, device, generator) -> dict:
-    """Everything preference_step does before the UNet: VAE latents, text conditioning, noising."""
+    """Everything preference_step does before the UNet, with the same calls (keep in step with
+    t2i_align/training/step.py): one VAE call for the pair batch, the text conditioning (shared
+    prompt, or per-image captions for DCPO), forward noising or (InPO) DDIM inversion."""
+    import torch
+
     from t2i_align.noising import forward_noise_pairs
     from t2i_align.training.step import build_conditioning, encode_latents
 
     uses_rejected = training.objective.uses_rejected
-    latents_w = encode_latents(parts.vae, batch["pixels_w"], generator)
-    latents_l = encode_latents(parts.vae, batch["pixels_l"], generator) if uses_rejected else None
-    captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    if uses_rejected:
+        pixels = torch.cat([batch["pixels_w"], batch["pixels_l"]])
+        latents_w, latents_l = encode_latents(parts.vae, pixels, generator).chunk(2)
+    else:
+        latents_w, latents_l = encode_latents(parts.vae, batch["pixels_w"], generator), None
+    if training.per_image_captions:
+        captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    else:
+        captions_w = captions_l = list(batch["captions"])
     cond = build_conditioning(captions_w, captions_l if uses_rejected else None, parts.text_encoders,
                               parts.tokenizers, parts.family, batch["original_sizes_w"],
                               batch["original_sizes_l"], batch["crop_top_left"], resolution, device)
-    noisy, target, timesteps = forward_noise_pairs(parts.noise_scheduler, latents_w, latents_l,
-                                                   generator, parts.prediction_type)
-    return {"noisy": noisy, "target": target, "timesteps": timesteps, **cond}
+    if training.noising["noising"] == "inversion":
+        noisy, target, timesteps = invert_pairs(parts, training, cond, latents_w, latents_l, generator)
+    else:
+        noisy, target, timesteps = forward_noise_pairs(parts.noise_scheduler, latents_w, latents_l,
+                                                       generator, parts.prediction_type)
+    return {"noisy": noisy, "target": target, "timesteps": timesteps, "latents_w": latents_w,
+            "latents_l": latents_l, **cond}
+
+
+def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, generator):
+    """InPO's noising as preference_step does it: DDIM inversion by the policy (or reference)
+    under no grad, conditioned like the loss pass. Its UNet forwards are compute any InPO
+    implementation spends, so the bare loop runs them too."""
+    import torch
+
+    from t2i_align.noising import inversion_noise_pairs
+
+    settings = training.noising
+    inverter = training.reference if settings["inversion_model"] == "reference" else training.unet
+
+    @torch.no_grad()
+    def predict(x, t):
+        out = inverter(x, t, cond["encoder_hidden_states"], added_cond_kwargs=cond.get("added_cond_kwargs"))
+        return out if torch.is_tensor(out) else out.sample
+
+    return inversion_noise_pairs(parts.noise_scheduler, latents_w, latents_l, predict, generator,
+                                 parts.prediction_type, num_steps=settings["inversion_steps"],
+                                 eta=settings["inversion_eta"])
 
 
 class BareStep:
@@ -306,6 +394,16 @@ class BareStep:
         self.training, self.inputs = training, inputs
         self.optimizer = torch.optim.AdamW(training.trainable, lr=tcfg.lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                            eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay)
+
+    def _inversion_forwards(self) -> None:
+        """InPO: the K no-grad UNet forwards of the DDIM inversion, on [2B] latents."""
+        import torch
+
+        x = self.inputs
+        with torch.no_grad():
+            for _ in range(self.training.noising["inversion_steps"]):
+                self.training.unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
+                                   added_cond_kwargs=x.get("added_cond_kwargs"))
 
     def _reference_forward(self) -> None:
         import torch
@@ -326,6 +424,9 @@ class BareStep:
         import torch.nn.functional as F
 
         x = self.inputs
+        if self.training.noising["noising"] == "inversion":
+            self._inversion_forwards()
+            clock.mark("inversion")
         pred = self.training.unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
                                   added_cond_kwargs=x.get("added_cond_kwargs")).sample
         loss = F.mse_loss(pred.float(), x["target"].float())
@@ -375,7 +476,8 @@ class RecipeStep:
             noise_scheduler=parts.noise_scheduler, prediction_type=parts.prediction_type,
             objective=training.objective, objective_hparams=training.hparams, generator=self.generator,
             caption_dropout=0.0, resolution=self.resolution, device=self.device,
-            autocast=self.accelerator.autocast)
+            autocast=self.accelerator.autocast, per_image_captions=training.per_image_captions,
+            **training.noising)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss {loss.item()} in the benchmark step")
         clock.mark("forward")
@@ -416,36 +518,52 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
     with torch.no_grad():
         inputs = encode_inputs(parts, batch, training, resolution, device, generator)
 
+    # Memory passes, one loop at a time: two steps reach the peak (AdamW state is created in
+    # the first optimizer step; the second backward holds activations + grads + that state).
     memory.reset_peak()
     bare = BareStep(training, inputs, tcfg)
-    bare_timing = time_loop(bare, warmup, steps, device)
+    run_untimed(bare, MEMORY_STEPS, device)
     bare_peak = memory.peak() - baseline
     bare.close()
-    del bare
-
     memory.reset_peak()
     step = RecipeStep(parts, training, batch, tcfg, resolution, device)
-    step_timing = time_loop(step, warmup, steps, device)
+    run_untimed(step, MEMORY_STEPS, device)
     step_peak = memory.peak() - baseline
-    step.close()
-    del step
 
     def encode(clock):
         with torch.no_grad():
             encode_inputs(parts, batch, training, resolution, device, generator)
         clock.mark("encode")
 
-    encode_timing = time_loop(encode, 1, steps, device)
+    loops = {"step": step, "bare": None, "encode": encode}
+    if training.noising["noising"] == "inversion":
+        def inversion(clock):
+            invert_pairs(parts, training, inputs, inputs["latents_w"], inputs["latents_l"], generator)
+            clock.mark("inversion")
+        loops["inversion"] = inversion
+
+    bare = BareStep(training, inputs, tcfg)
+    loops["bare"] = bare
+    stall_before, started = cpu_stall_seconds(), time.perf_counter()
+    timing = time_interleaved(loops, warmup, steps, device)
+    stall_after, wall = cpu_stall_seconds(), time.perf_counter() - started
+    cpu_stall = None if stall_before is None else 100 * (stall_after - stall_before) / wall
+    step.close()
+    bare.close()
+    step_t, bare_t, encode_t = timing["step"], timing["bare"], timing["encode"]
     return {
         "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind,
         "pairs": pairs, "resolution": resolution, "latent": list(inputs["noisy"].shape[-2:]),
         "unet_params_m": unet_params / 1e6,
         "trainable_params_m": sum(p.numel() for p in training.trainable) / 1e6,
-        "step_s": step_timing["median"], "bare_s": bare_timing["median"],
-        "ratio": step_timing["median"] / bare_timing["median"], "encode_s": encode_timing["median"],
+        "step_s": step_t["median"], "bare_s": bare_t["median"], "ratio": step_t["median"] / bare_t["median"],
+        "encode_s": encode_t["median"], "step_min_s": step_t["min"], "bare_min_s": bare_t["min"],
+        "inversion_s": timing["inversion"]["median"] if "inversion" in timing else 0.0,
+        "ratio_min": step_t["min"] / bare_t["min"],
         "peak_mb": step_peak, "bare_peak_mb": bare_peak, "baseline_mb": baseline, "memory": memory.kind,
-        "step_phases": step_timing["phases"], "bare_phases": bare_timing["phases"],
-        "step_times": step_timing["times"], "bare_times": bare_timing["times"],
+        "step_phases": step_t["phases"], "bare_phases": bare_t["phases"],
+        "step_times": step_t["times"], "bare_times": bare_t["times"], "encode_times": encode_t["times"],
+        "cpu_stall_pct": cpu_stall,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
     }
 
@@ -469,10 +587,12 @@ def run_row_subprocess(model: str, method: str, tuning: str, args) -> dict:
 def memory_note(rows: list[dict], in_process: bool) -> str:
     kinds = {row["memory"] for row in rows}
     if kinds == {"cuda_allocated"}:
-        return ("peak MB = torch.cuda.max_memory_allocated during the timed loop minus the allocation "
+        return ("peak MB = torch.cuda.max_memory_allocated during a 2-step pass minus the allocation "
                 "after loading the model parts")
-    note = ("peak MB = peak RSS (VmHWM, reset before each loop) during the loop minus the RSS after "
-            "loading the model parts: reference copy + LoRA + grads + AdamW state + activations")
+    note = ("peak MB = peak RSS (VmHWM, reset before each pass) during a 2-step pass minus the RSS after "
+            "loading the model parts: reference copy + LoRA + grads + AdamW state + activations, plus some "
+            "tens of MB the runtime touches on first use (kernel code pages, malloc arenas; the floor of "
+            "the tiny rows)")
     if "ru_maxrss" in kinds:
         note += " (ru_maxrss fallback: lifetime peak, may be dominated by loading)"
     if in_process:
@@ -480,16 +600,32 @@ def memory_note(rows: list[dict], in_process: bool) -> str:
     return note
 
 
+def stall_text(row: dict) -> str:
+    return "n/a" if row.get("cpu_stall_pct") is None else f"{row['cpu_stall_pct']:.0f}"
+
+
+STALL_NOTE = ("CPU stall % = share of the timed loops' wall time in which some task on the machine waited "
+              "for a CPU (/proc/pressure/cpu). Well above ~10% the row's times are disturbed: by other "
+              "processes, or, in the tiny rows, by the HF tokenizers' own thread pool competing with torch's "
+              "OpenMP threads (the recipe sets TOKENIZERS_PARALLELISM=false to avoid that).")
+
+
 def markdown_table(rows: list[dict], in_process: bool = False) -> str:
     """The main table: per-row step vs bare seconds, ratio, encode time, peak memory."""
     lines = [f"Median s/step over the timed steps; ratio = s/step / bare s/step. {memory_note(rows, in_process)}.",
+             STALL_NOTE,
              "",
-             "| model | method | tuning | reference | s/step | bare s/step | ratio | encode s | peak MB | bare peak MB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "InPO: its DDIM inversion (no-grad UNet forwards) is part of the method's bare compute; "
+             "'inversion s' times it alone; 'encode s' includes it.",
+             "",
+             "| model | method | tuning | reference | s/step | bare s/step | ratio | encode s | inversion s | peak MB "
+             "| bare peak MB | ratio of mins | CPU stall % |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['reference']} | {r['step_s']:.3f} | "
-                     f"{r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['encode_s']:.3f} | {r['peak_mb']:.0f} | "
-                     f"{r['bare_peak_mb']:.0f} |")
+                     f"{r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['encode_s']:.3f} | {r.get('inversion_s', 0):.3f} | "
+                     f"{r['peak_mb']:.0f} | "
+                     f"{r['bare_peak_mb']:.0f} | {r['ratio_min']:.2f}x | {stall_text(r)} |")
     return "\n".join(lines)
 
 
@@ -518,8 +654,10 @@ def machine_line(rows: list[dict], args) -> str:
 
 def summary_line(rows: list[dict]) -> str:
     ratios = sorted(r["ratio"] for r in rows)
-    return (f"step / bare ratio: median {statistics.median(ratios):.2f}x, "
-            f"range {ratios[0]:.2f}x - {ratios[-1]:.2f}x over {len(rows)} rows.")
+    mins = sorted(r["ratio_min"] for r in rows)
+    return (f"step / bare ratio over {len(rows)} rows: median {statistics.median(ratios):.2f}x "
+            f"(range {ratios[0]:.2f}x - {ratios[-1]:.2f}x); ratio of min times: median "
+            f"{statistics.median(mins):.2f}x (range {mins[0]:.2f}x - {mins[-1]:.2f}x).")
 
 
 # ----------------------------------------------------------------------------------- main
@@ -539,8 +677,8 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: split_list(s, METHODS, "methods"))
     parser.add_argument("--tunings", default=",".join(TUNINGS), type=lambda s: split_list(s, TUNINGS, "tunings"))
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (micro-batch size)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per loop (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per loop (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--no-subprocess", dest="in_process", action="store_true",

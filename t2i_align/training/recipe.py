@@ -84,6 +84,9 @@ def micro_batches(dataloader, dataset, position: dict, accelerator):
 
 def run_training(cfg: DictConfig, run_dir) -> Path:
     """Train as configured; return the path of <run dir>/final."""
+    # The HF tokenizers' own thread pool competes with torch's threads for the same cores
+    # (measured: 35% slower steps on 2 cores); prompt batches are small, so keep it off.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_dir = Path(run_dir)
     t_cfg, m_cfg, d_cfg, meth = cfg.trainer, cfg.model, cfg.data, cfg.method
     objective = get_objective(meth.objective)
