@@ -48,3 +48,11 @@ def test_win_rate_bounds_and_shape_errors():
     assert p == 1.0 and high == 1.0 and 0.5 < low < 1.0
     with pytest.raises(ValueError, match="paired"):
         win_rate(torch.ones(3), torch.ones(4))
+
+
+def test_reward_registry_names_and_unknown():
+    from t2i_align.evaluation.rewards import REWARDS, load_reward
+
+    assert {"pickscore", "clip_score", "aesthetic", "hpsv2", "hpsv2.1"} <= set(REWARDS)
+    with pytest.raises(ValueError, match="unknown reward 'fid'"):
+        load_reward("fid")

@@ -1,0 +1,23 @@
+"""Reward models, one file each, one interface: reward(images, prompts) -> float32 tensor [N].
+
+load_reward(name, **kwargs) selects one by name; kwargs are the loader's (weight locations,
+device, dtype, batch_size). Heavy libraries are imported only when a reward is loaded.
+"""
+
+REWARDS = {
+    "pickscore": ("t2i_align.evaluation.rewards.pickscore", "load_pickscore", {}),
+    "clip_score": ("t2i_align.evaluation.rewards.clip_score", "load_clip_score", {}),
+    "aesthetic": ("t2i_align.evaluation.rewards.aesthetic", "load_aesthetic", {}),
+    "hpsv2": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2"}),
+    "hpsv2.1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),
+}
+
+
+def load_reward(name: str, **kwargs):
+    """Load the reward `name` (see REWARDS) with the loader's keyword arguments."""
+    import importlib
+
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+    module, loader, defaults = REWARDS[name]
+    return getattr(importlib.import_module(module), loader)(**{**defaults, **kwargs})
