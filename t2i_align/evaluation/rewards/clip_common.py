@@ -69,6 +69,9 @@ def load_clip(model_path: str, processor_path: str | None = None, device="cpu", 
     """
     from transformers import AutoProcessor, CLIPModel
 
+    from t2i_align.evaluation.rewards.tiny import resolve_reward_path
+
+    model_path, processor_path = resolve_reward_path(model_path), resolve_reward_path(processor_path)
     model = CLIPModel.from_pretrained(model_path, dtype=dtype)
     model = model.to(device).eval().requires_grad_(False)
     processor = AutoProcessor.from_pretrained(processor_path or model_path)
