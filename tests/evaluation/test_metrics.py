@@ -53,6 +53,6 @@ def test_win_rate_bounds_and_shape_errors():
 def test_reward_registry_names_and_unknown():
     from t2i_align.evaluation.rewards import REWARDS, load_reward
 
-    assert {"pickscore", "clip_score", "aesthetic", "hpsv2", "hpsv2.1"} <= set(REWARDS)
+    assert {"pickscore", "clip_score", "aesthetic", "hpsv2", "hpsv2_1"} <= set(REWARDS)
     with pytest.raises(ValueError, match="unknown reward 'fid'"):
         load_reward("fid")

@@ -9,7 +9,7 @@ REWARDS = {
     "clip_score": ("t2i_align.evaluation.rewards.clip_score", "load_clip_score", {}),
     "aesthetic": ("t2i_align.evaluation.rewards.aesthetic", "load_aesthetic", {}),
     "hpsv2": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2"}),
-    "hpsv2.1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),
+    "hpsv2_1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),  # HPSv2.1
 }
 
 
