@@ -91,8 +91,9 @@ def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
     names = [s["name"] for s in specs]
     grid_keys = [(p, seeds[0]) for p in prompts[: ev.grid_prompts]]
     first_reward = next(iter(scores), None)
+    columns = [f"{m} ({first_reward})" if i == 0 and first_reward else m for i, m in enumerate(names)]
     grid = comparison_grid(
-        [[Image.open(images[m][k]) for m in names] for k in grid_keys], [p for p, _ in grid_keys], names,
+        [[Image.open(images[m][k]) for m in names] for k in grid_keys], [p for p, _ in grid_keys], columns,
         scores=None if first_reward is None else
         [[scores[first_reward][m][keys.index(k)].item() for m in names] for k in grid_keys])
     grid.save(run_dir / "grid.png")
