@@ -39,6 +39,24 @@ def model_specs(base_path: str, extra: list) -> list[dict]:
     return specs
 
 
+def sample_models(base_path: str, specs: list[dict], prompts: list[str], seeds: list[int], cache_dir,
+                  ev: DictConfig, resolution: int) -> dict:
+    """{model name: {(prompt, seed): image path}}, generating only what the cache lacks; one
+    pipeline in memory at a time (fp16 on CUDA)."""
+    dtype = torch.float16 if str(ev.device).startswith("cuda") else torch.float32
+    images = {}
+    for spec in specs:
+        pipe = load_pipeline(base_path, unet=spec["unet"], lora=spec["lora"], device=ev.device, dtype=dtype)
+        paths, made = generate_cached(pipe, spec["name"], prompts, seeds, cache_dir, steps=ev.steps,
+                                      guidance_scale=ev.guidance_scale, resolution=resolution,
+                                      batch_size=ev.batch_size)
+        log.info("%s: %d images generated, %d from the cache", spec["name"], made, len(paths) - made)
+        images[spec["name"]] = paths
+        del pipe
+        gc.collect()
+    return images
+
+
 def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
     """Generate (cached), score, aggregate and write the outputs; return the result rows."""
     run_dir = Path(run_dir)
@@ -50,18 +68,7 @@ def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
     seeds = [int(s) for s in ev.seeds]
     keys = [(p, s) for p in prompts for s in seeds]
     specs = model_specs(cfg.model.path, cfg.models)
-    dtype = torch.float16 if str(ev.device).startswith("cuda") else torch.float32
-
-    images = {}
-    for spec in specs:
-        pipe = load_pipeline(cfg.model.path, unet=spec["unet"], lora=spec["lora"], device=ev.device, dtype=dtype)
-        paths, made = generate_cached(pipe, spec["name"], prompts, seeds, cfg.cache_dir, steps=ev.steps,
-                                      guidance_scale=ev.guidance_scale, resolution=resolution,
-                                      batch_size=ev.batch_size)
-        log.info("%s: %d images generated, %d from the cache", spec["name"], made, len(keys) - made)
-        images[spec["name"]] = paths
-        del pipe
-        gc.collect()
+    images = sample_models(cfg.model.path, specs, prompts, seeds, cfg.cache_dir, ev, resolution)
 
     scores = {}  # reward -> model -> tensor [len(keys)]
     for reward_name, kwargs in ev.rewards.items():

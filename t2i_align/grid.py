@@ -13,11 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from t2i_align.evaluate import model_specs
+from t2i_align.evaluate import model_specs, sample_models
 from t2i_align.evaluation.grid_image import comparison_grid
 from t2i_align.evaluation.prompts import load_prompts
 from t2i_align.evaluation.rewards import load_reward
-from t2i_align.evaluation.sampling import generate_cached, load_pipeline
 
 log = logging.getLogger("t2i_align.grid")
 
@@ -30,14 +29,8 @@ def make_grid(cfg: DictConfig, run_dir) -> Path:
     prompts = load_prompts(ev.prompts, cfg.num_prompts)
     resolution = int(ev.resolution or cfg.model.resolution)
     specs = model_specs(cfg.model.path, cfg.models)
-    images = {}
-    for spec in specs:
-        pipe = load_pipeline(cfg.model.path, unet=spec["unet"], lora=spec["lora"], device=ev.device)
-        paths, made = generate_cached(pipe, spec["name"], prompts, [cfg.seed], cfg.cache_dir, steps=ev.steps,
-                                      guidance_scale=ev.guidance_scale, resolution=resolution,
-                                      batch_size=ev.batch_size)
-        log.info("%s: %d generated, %d from the cache", spec["name"], made, len(prompts) - made)
-        images[spec["name"]] = [Image.open(paths[(p, cfg.seed)]).convert("RGB") for p in prompts]
+    paths = sample_models(cfg.model.path, specs, prompts, [cfg.seed], cfg.cache_dir, ev, resolution)
+    images = {m: [Image.open(paths[m][(p, cfg.seed)]).convert("RGB") for p in prompts] for m in paths}
     names = [s["name"] for s in specs]
     table = [[images[m][i] for m in names] for i in range(len(prompts))]
     scores = None
