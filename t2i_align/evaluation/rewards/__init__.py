@@ -10,6 +10,7 @@ REWARDS = {
     "aesthetic": ("t2i_align.evaluation.rewards.aesthetic", "load_aesthetic", {}),
     "hpsv2": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2"}),
     "hpsv2_1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),  # HPSv2.1
+    "image_reward": ("t2i_align.evaluation.rewards.image_reward", "load_image_reward", {}),
 }
 
 
