@@ -1,8 +1,10 @@
-"""Hydra entry point: python -m t2i_align.evaluate [model=...] [eval=tiny|standard] [models=[...]]
+"""Hydra entry point: python -m t2i_align.evaluate [model=...] [eval=tiny|standard] [checkpoint=...] [models=[...]]
 
 Samples the same prompts and seeds from the base model and each listed model (cached on disk),
 scores every image with the configured rewards, and writes results.{csv,json,md} (mean and 95%
-CI per model and reward; win rate against the baseline, ties half), grid.png and report.html.
+CI per model, reward and prompt group; win rate against the baseline, ties half), grid.png,
+reward_vs_step.png (when models carry a training step) and report.html; optionally logs all of
+it to wandb. With -m (Hydra multirun), the sweep's summary collects every job into one table.
 """
 
 import gc
@@ -12,12 +14,14 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from t2i_align.evaluation.aggregate import plot_reward_vs_step, result_rows
+from t2i_align.evaluation.checkpoints import resolve_checkpoint
 from t2i_align.evaluation.grid_image import comparison_grid
-from t2i_align.evaluation.metrics import mean_confidence_interval, win_rate
-from t2i_align.evaluation.prompts import load_prompts
+from t2i_align.evaluation.prompts import load_prompt_set
 from t2i_align.evaluation.report import write_html, write_tables
 from t2i_align.evaluation.rewards import load_reward
 from t2i_align.evaluation.sampling import generate_cached, load_pipeline
@@ -25,14 +29,24 @@ from t2i_align.evaluation.sampling import generate_cached, load_pipeline
 log = logging.getLogger("t2i_align.evaluate")
 
 
-def model_specs(base_path: str, extra: list) -> list[dict]:
-    """[{"name", "unet", "lora"}], the base first; names must be unique."""
-    specs = [{"name": "base", "unet": None, "lora": None}]
-    for item in extra:
-        item = dict(item)
-        if "name" not in item:
-            raise ValueError(f"models entry {item} needs a name")
-        specs.append({"name": str(item["name"]), "unet": item.get("unet"), "lora": item.get("lora")})
+def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> list[dict]:
+    """[{"name", "unet", "lora", "step"}], the base first; names must be unique.
+
+    extra: [{name?, lora | unet | checkpoint, step?}]; a `checkpoint` (run dir, final/,
+    checkpoints/step_N, LoRA file) is resolved by resolve_checkpoint, which also names it
+    "<run>@<step>" unless a name is given. checkpoint: one more such path (the sweep key)."""
+    specs = [{"name": "base", "unet": None, "lora": None, "step": None}]
+    items = [dict(item) for item in extra] + ([{"checkpoint": checkpoint}] if checkpoint else [])
+    for item in items:
+        if item.get("checkpoint"):
+            spec = resolve_checkpoint(item["checkpoint"])
+            spec["name"] = str(item.get("name") or spec["name"])
+        elif "name" not in item:
+            raise ValueError(f"models entry {item} needs a name (or a checkpoint to name it after)")
+        else:
+            spec = {"name": str(item["name"]), "unet": item.get("unet"), "lora": item.get("lora"),
+                    "step": item.get("step")}
+        specs.append(spec)
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique, got {names}")
@@ -57,21 +71,10 @@ def sample_models(base_path: str, specs: list[dict], prompts: list[str], seeds: 
     return images
 
 
-def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
-    """Generate (cached), score, aggregate and write the outputs; return the result rows."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    ev = cfg.eval
-    resolution = int(ev.resolution or cfg.model.resolution)
-    prompts = load_prompts(ev.prompts, ev.num_prompts)
-    seeds = [int(s) for s in ev.seeds]
-    keys = [(p, s) for p in prompts for s in seeds]
-    specs = model_specs(cfg.model.path, cfg.models)
-    images = sample_models(cfg.model.path, specs, prompts, seeds, cfg.cache_dir, ev, resolution)
-
-    scores = {}  # reward -> model -> tensor [len(keys)]
-    for reward_name, kwargs in ev.rewards.items():
+def score_images(reward_configs, specs, images, keys) -> dict:
+    """{reward: {model: float32 [len(keys)]}}, one reward model in memory at a time."""
+    scores = {}
+    for reward_name, kwargs in reward_configs.items():
         reward = load_reward(reward_name, **OmegaConf.to_container(kwargs, resolve=True))
         scores[reward_name] = {}
         for spec in specs:
@@ -79,43 +82,72 @@ def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
             scores[reward_name][spec["name"]] = reward(opened, [p for p, _ in keys])
         del reward
         gc.collect()
+    return scores
 
-    rows = []
-    baseline = ev.baseline
-    if baseline not in images:
-        raise ValueError(f"eval.baseline={baseline!r} is not one of the models {list(images)}")
-    for reward_name, per_model in scores.items():
-        for spec in specs:
-            values = per_model[spec["name"]]
-            mean, low, high = mean_confidence_interval(values)
-            row = {"model": spec["name"], "reward": reward_name, "mean": mean, "ci_low": low, "ci_high": high,
-                   "win_rate": None, "win_low": None, "win_high": None, "n": len(values)}
-            if spec["name"] != baseline:
-                row["win_rate"], row["win_low"], row["win_high"] = win_rate(values, per_model[baseline])
-            rows.append(row)
+
+def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
+    """Generate (cached), score, aggregate and write the outputs; return the result rows."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    ev = cfg.eval
+    resolution = int(ev.resolution or cfg.model.resolution)
+    prompt_set = load_prompt_set(ev.prompts, ev.num_prompts, ev.get("prompt_subset"), ev.get("prompt_split", "test_unique"))
+    prompts = [p for p, _ in prompt_set]
+    seeds = [int(s) for s in ev.seeds]
+    keys = [(p, s) for p in prompts for s in seeds]
+    groups = [g for _, g in prompt_set for _ in seeds]
+    specs = model_specs(cfg.model.path, cfg.models, cfg.get("checkpoint"))
+    if ev.baseline not in [s["name"] for s in specs]:
+        raise ValueError(f"eval.baseline={ev.baseline!r} is not one of the models {[s['name'] for s in specs]}")
+    cache_dir = cfg.cache_dir or run_dir / "images"
+    images = sample_models(cfg.model.path, specs, prompts, seeds, cache_dir, ev, resolution)
+    scores = score_images(ev.rewards, specs, images, keys)
+    rows = result_rows(scores, groups, specs, ev.baseline)
     write_tables(rows, run_dir)
+    plot = plot_reward_vs_step(rows, run_dir / "reward_vs_step.png", ev.baseline)
 
     names = [s["name"] for s in specs]
+    index = {k: i for i, k in enumerate(keys)}
     grid_keys = [(p, seeds[0]) for p in prompts[: ev.grid_prompts]]
     first_reward = next(iter(scores), None)
     columns = [f"{m} ({first_reward})" if i == 0 and first_reward else m for i, m in enumerate(names)]
     grid = comparison_grid(
         [[Image.open(images[m][k]) for m in names] for k in grid_keys], [p for p, _ in grid_keys], columns,
         scores=None if first_reward is None else
-        [[scores[first_reward][m][keys.index(k)].item() for m in names] for k in grid_keys])
+        [[scores[first_reward][m][index[k]].item() for m in names] for k in grid_keys])
     grid.save(run_dir / "grid.png")
     gallery = [{"prompt": p, "seed": s, "images": {m: images[m][(p, s)] for m in names},
-                "scores": {m: {r: scores[r][m][keys.index((p, s))].item() for r in scores} for m in names}}
+                "scores": {m: {r: scores[r][m][index[(p, s)]].item() for r in scores} for m in names}}
                for p, s in keys]
-    write_html(run_dir, rows, gallery, names, list(scores))
+    write_html(run_dir, rows, gallery, names, list(scores), plot=plot)
+    if cfg.get("wandb") and cfg.wandb.enabled:
+        from t2i_align.evaluation.wandb_log import log_evaluation
+
+        log_evaluation(run_dir, rows, gallery, names, project=cfg.wandb.project, mode=cfg.wandb.mode,
+                       run_name=cfg.wandb.get("name"), config=OmegaConf.to_container(cfg, resolve=True),
+                       max_samples=cfg.wandb.max_samples, plot=plot)
     log.info("wrote results.csv / .json / .md, grid.png and report.html to %s", run_dir)
     return rows
+
+
+def default_cache_dir(cfg: DictConfig, output_dir: str) -> str:
+    """cache_dir, or <run dir>/images; in a multirun the sweep directory's images/, so every job
+    of a sweep shares the base model's images."""
+    if cfg.cache_dir:
+        return cfg.cache_dir
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return str(Path(hydra_cfg.sweep.dir) / "images")
+    return str(Path(output_dir) / "images")
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("t2i_align").setLevel(logging.INFO)
-    run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
+    output_dir = HydraConfig.get().runtime.output_dir
+    cfg.cache_dir = default_cache_dir(cfg, output_dir)
+    run_evaluation(cfg, output_dir)
 
 
 if __name__ == "__main__":

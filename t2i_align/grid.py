@@ -26,9 +26,9 @@ def make_grid(cfg: DictConfig, run_dir) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.eval
-    prompts = load_prompts(ev.prompts, cfg.num_prompts)
+    prompts = load_prompts(ev.prompts, cfg.num_prompts, ev.get("prompt_subset"), ev.get("prompt_split", "test_unique"))
     resolution = int(ev.resolution or cfg.model.resolution)
-    specs = model_specs(cfg.model.path, cfg.models)
+    specs = model_specs(cfg.model.path, cfg.models, cfg.get("checkpoint"))
     paths = sample_models(cfg.model.path, specs, prompts, [cfg.seed], cfg.cache_dir, ev, resolution)
     images = {m: [Image.open(paths[m][(p, cfg.seed)]).convert("RGB") for p in prompts] for m in paths}
     names = [s["name"] for s in specs]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from t2i_align.models.lora import load_lora_trainable_state, lora_trainable_state
+from t2i_align.models.lora import load_lora_trainable_state, lora_trainable_state, save_lora
 
 log = logging.getLogger("t2i_align.train")
 
@@ -54,14 +54,17 @@ def find_resume_checkpoint(run_dir, resume) -> Path | None:
                             "step_<N> folder with trainer_state.json, or a run dir with checkpoints/)")
 
 
-def register_unet_state_hooks(accelerator, use_lora: bool):
+def register_unet_state_hooks(accelerator, use_lora: bool, family: str = "sdxl"):
     """Make accelerate's save_state / load_state write the UNet as a diffusers folder (full FT)
-    or only the LoRA weights, instead of one opaque full state dict."""
+    or only the LoRA weights, instead of one opaque full state dict. A LoRA checkpoint also holds
+    pytorch_lora_weights.safetensors (diffusers format), so a checkpoint loads into a pipeline
+    like final/ does (python -m t2i_align.evaluate checkpoint=<run>/checkpoints/step_N)."""
 
     def save_hook(models, weights, output_dir):
         for model, _ in zip(models, list(weights)):
             if use_lora:
                 save_file(lora_trainable_state(model), os.path.join(output_dir, "unet_lora.safetensors"))
+                save_lora(model, output_dir, family)
             else:
                 model.save_pretrained(os.path.join(output_dir, "unet"), safe_serialization=True)
         weights.clear()

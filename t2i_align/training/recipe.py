@@ -157,7 +157,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     optimizer = build_optimizer(trainable, t_cfg.optimizer, lr=lr, weight_decay=t_cfg.weight_decay,
                                 betas=(t_cfg.adam_beta1, t_cfg.adam_beta2), eps=t_cfg.adam_eps)
     lr_scheduler = build_lr_scheduler(optimizer, t_cfg.lr_scheduler, t_cfg.warmup_steps, t_cfg.max_steps)
-    register_unet_state_hooks(accelerator, use_lora)
+    register_unet_state_hooks(accelerator, use_lora, parts.family)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
     accelerator.register_for_checkpointing(lr_scheduler)
 
