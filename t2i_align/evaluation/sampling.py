@@ -25,9 +25,10 @@ def settings_key(steps: int, guidance_scale: float, resolution: int) -> str:
 
 
 def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, device="cpu",
-                  dtype=torch.float32):
-    """A diffusers text-to-image pipeline for `base`, with a trained UNet folder or LoRA loaded."""
-    from diffusers import AutoPipelineForText2Image, UNet2DConditionModel
+                  dtype=torch.float32, vae: str | None = None):
+    """A diffusers text-to-image pipeline for `base`, with a trained UNet folder or LoRA loaded,
+    and optionally another VAE (e.g. an fp16-safe SDXL VAE)."""
+    from diffusers import AutoencoderKL, AutoPipelineForText2Image, UNet2DConditionModel
 
     from t2i_align.models.tiny import resolve_model_path
 
@@ -37,6 +38,8 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
         unet_dir = Path(unet)
         sub = "unet" if (unet_dir / "unet" / "config.json").is_file() else None
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=sub, torch_dtype=dtype)
+    if vae is not None:
+        kwargs["vae"] = AutoencoderKL.from_pretrained(vae, torch_dtype=dtype)
     pipe = AutoPipelineForText2Image.from_pretrained(base, **kwargs)
     if lora is not None:
         pipe.load_lora_weights(lora)

@@ -82,7 +82,9 @@ class Captioner:
                  max_new_tokens: int = 40, batch_size: int = 8, **generate_kwargs):
         self.model, self.processor = model.eval(), processor
         self.chat = getattr(processor, "chat_template", None) is not None if chat is None else chat
-        self.prompt_template = prompt_template or (CHAT_INSTRUCTION if self.chat else BLIP_PREFIX)
+        if prompt_template is None:
+            prompt_template = CHAT_INSTRUCTION if self.chat else BLIP_PREFIX
+        self.prompt_template = prompt_template
         self.batch_size = batch_size
         self.generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1,
                                 **generate_kwargs}
@@ -103,10 +105,10 @@ class Captioner:
         out = self.model.generate(**_to_device(inputs, self.model), **self.generate_kwargs)
         if self.chat and not self.model.config.is_encoder_decoder:
             out = out[:, inputs["input_ids"].shape[1]:]
-        captions = self.processor.batch_decode(out, skip_special_tokens=True)
-        if not self.chat:  # the output starts with the prefix: strip it (compare decoded forms)
-            ids = self.processor(text=texts[:1], return_tensors="pt")["input_ids"][0]
-            prefix = self.processor.decode(ids, skip_special_tokens=True).strip()
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        captions = tokenizer.batch_decode(out, skip_special_tokens=True)
+        if not self.chat:  # the output starts with the (one) prefix: strip it, comparing decoded forms
+            prefix = tokenizer.decode(tokenizer(texts[0])["input_ids"], skip_special_tokens=True).strip()
             captions = [c.strip()[len(prefix):] if c.strip().startswith(prefix) else c for c in captions]
         return [c.strip() for c in captions]
 
@@ -204,6 +206,20 @@ def load_paraphraser(path: str, device="cpu", dtype=torch.float32, templates: di
     return Paraphraser(model, tokenizer, templates, sampling, max_new_tokens, batch_size)
 
 
+def _check_pairs(strategy, images_0, images_1, prompts, labels) -> None:
+    """Raise a clear error unless every per-pair input has one entry per pair and labels are in [0, 1]."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, one per pair")
+    sizes = {"prompts": len(prompts), "labels_0": len(labels)}
+    if strategy != "perturbation" or images_0 is not None or images_1 is not None:
+        sizes.update({name: 0 if images is None else len(images)
+                      for name, images in (("images_0", images_0), ("images_1", images_1))})
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"length mismatch: {sizes}")
+    if any(not 0.0 <= x <= 1.0 for x in labels):
+        raise ValueError("labels_0 must lie in [0, 1] (1 = jpg_0 chosen, 0 = jpg_1 chosen, 0.5 = tie)")
+
+
 def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captioner=None, paraphraser=None,
                     level: str = "medium", seed: int = 0) -> tuple[list[str], list[str]]:
     """(captions_0, captions_1) for pairs (prompt, jpg_0, jpg_1), in image order (DCPO, arXiv 2502.06023).
@@ -211,8 +227,9 @@ def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captio
     ``labels_0`` follows Pick-a-Pic: 1.0 = jpg_0 chosen, 0.0 = jpg_1 chosen. A tie (0.5) keeps
     jpg_0 as the chosen image, like the rest of t2i_align (label_0 == 0 is the only swap). Images
     may be None for "perturbation", which only uses the prompts. ``captioner(images, prompts)``
-    is needed for "captioning" / "hybrid", ``paraphraser(texts, level, seed)`` for "perturbation"
-    / "hybrid"; the paraphraser is called once, on the rejected texts in pair order.
+    is needed for "captioning" / "hybrid" (called once, on images_0 + images_1),
+    ``paraphraser(texts, level, seed)`` for "perturbation" / "hybrid" (called once, on the
+    rejected texts in pair order).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown caption strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -221,25 +238,19 @@ def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captio
         raise ValueError(f"strategy {strategy!r} needs a captioner (see load_captioner)")
     if strategy != "captioning" and paraphraser is None:
         raise ValueError(f"strategy {strategy!r} needs a paraphraser (see load_paraphraser)")
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, one per pair")
-    prompts, labels, n = list(prompts), [float(x) for x in labels_0], len(prompts)
-    sizes = {"prompts": n, "labels_0": len(labels)}
-    if strategy != "perturbation" or images_0 is not None or images_1 is not None:
-        sizes.update(images_0=len(images_0 or ()), images_1=len(images_1 or ()))
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"length mismatch: {sizes}")
-    if any(not 0.0 <= x <= 1.0 for x in labels):
-        raise ValueError("labels_0 must lie in [0, 1] (1 = jpg_0 chosen, 0 = jpg_1 chosen, 0.5 = tie)")
-    second = [x == 0 for x in labels]  # True where jpg_1 is the chosen image
-
+    labels = [float(x) for x in labels_0]
+    _check_pairs(strategy, images_0, images_1, prompts, labels)
+    prompts, n = list(prompts), len(labels)
     if strategy == "perturbation":
         caps_0, caps_1 = list(prompts), list(prompts)
     else:
-        both = captioner(list(images_0) + list(images_1), prompts + prompts)
-        caps_0, caps_1 = list(both[:n]), list(both[n:])
+        both = list(captioner(list(images_0) + list(images_1), prompts + prompts))
+        if len(both) != 2 * n:
+            raise ValueError(f"captioner returned {len(both)} captions for {2 * n} images")
+        caps_0, caps_1 = both[:n], both[n:]
     if strategy == "captioning":
         return caps_0, caps_1
+    second = [x == 0 for x in labels]  # True where jpg_1 is the chosen image
     rejected = [c0 if s else c1 for s, c0, c1 in zip(second, caps_0, caps_1)]
     perturbed = list(paraphraser(rejected, level=level, seed=seed))
     if len(perturbed) != n:

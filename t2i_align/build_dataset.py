@@ -1,0 +1,128 @@
+"""Hydra entry point: python -m t2i_align.build_dataset +dataset=NAME [model=...] [output_dir=...]
+
+Builds MaPO's Pick-Style / Pick-Safety sets (or any prefix pair) with the base model, or adds
+DCPO's per-image captions to a Pick-a-Pic-schema dataset, as parquet shards in the Pick-a-Pic
+schema with a dataset card. Resumable (rerun with the same output_dir), deterministic, and
+multi-GPU with `accelerate launch -m t2i_align.build_dataset ...` (shards spread over processes).
+"""
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from t2i_align.data.builders.card import write_card
+from t2i_align.data.builders.shards import check_plan, run_shards, shard_ranges, shard_stats
+
+log = logging.getLogger("t2i_align.build_dataset")
+
+
+def _process_state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _shared_out_dir(cfg: DictConfig, run_dir: Path, state) -> Path:
+    """The output folder, the same on every process (each composed its own ${now:...} run_dir)."""
+    from accelerate.utils import broadcast_object_list
+
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(run_dir) / "dataset"
+    if state.num_processes > 1:
+        out = Path(broadcast_object_list([str(out)])[0])
+    return out
+
+
+def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
+    """(plan, number of items, make_rows, schema, title, description) for a prefix-pair build."""
+    from t2i_align.data.builders.prefix_pairs import PAIR_SCHEMA, prefix_pair_rows
+    from t2i_align.data.builders.prompt_source import build_prompts
+    from t2i_align.evaluation.sampling import load_pipeline
+
+    ds = cfg.dataset
+    resolution = int(ds.resolution or cfg.model.resolution)
+    prompts, counts = build_prompts(ds.prompts, ds.prompt_split, ds.exclude_words, ds.num_prompts, ds.min_words)
+    log.info("prompts: %s", counts)
+    plan = {"builder": "prefix_pair", "name": ds.name, "model": cfg.model.path, "vae": cfg.model.get("vae_path"),
+            "chosen_prefix": ds.chosen_prefix, "rejected_prefix": ds.rejected_prefix, "prompts_source": ds.prompts,
+            "num_prompts": len(prompts), "prompt_counts": counts,
+            "prompts_sha": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16],
+            "seed": ds.seed, "steps": ds.steps, "guidance_scale": ds.guidance_scale, "resolution": resolution,
+            "negative_prompt": ds.negative_prompt, "shard_size": ds.shard_size, "image_format": ds.image_format,
+            "filter": OmegaConf.to_container(ds.filter, resolve=True)}
+    cache = {}
+
+    def make_rows(start, end):
+        if "pipe" not in cache:  # loaded only when a shard is actually missing
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+            cache["pipe"] = load_pipeline(cfg.model.path, vae=cfg.model.get("vae_path"), device=device, dtype=dtype)
+            cache["reward"] = None
+            if ds.filter.reward:
+                from t2i_align.evaluation.rewards import load_reward
+
+                cache["reward"] = load_reward(ds.filter.reward, **OmegaConf.to_container(ds.filter.args, resolve=True))
+        return prefix_pair_rows(cache["pipe"], prompts[start:end], list(range(start, end)), ds.chosen_prefix,
+                                ds.rejected_prefix, ds.seed, ds.steps, ds.guidance_scale, resolution, cfg.model.path,
+                                batch_size=ds.batch_size, image_format=ds.image_format, reward=cache["reward"],
+                                margin=ds.filter.margin, negative_prompt=ds.negative_prompt)
+
+    return plan, len(prompts), make_rows, PAIR_SCHEMA, ds.name, ds.description
+
+
+def build(cfg: DictConfig, run_dir) -> Path:
+    """Build (or finish) the dataset configured under cfg.dataset; return its folder."""
+    if "dataset" not in cfg:
+        raise ValueError("choose a dataset: +dataset=pick_style_cartoon | pick_style_pixel_art | pick_safety | "
+                         "prefix_pair | pick_double_caption")
+    state = _process_state()
+    out_dir = _shared_out_dir(cfg, run_dir, state)
+    device = state.device if cfg.device == "auto" else torch.device(cfg.device)
+    from t2i_align.data.builders.double_caption_build import plan_and_rows_double_caption
+
+    builders = {"prefix_pair": _plan_and_rows_prefix_pair, "double_caption": plan_and_rows_double_caption}
+    if cfg.dataset.builder not in builders:
+        raise ValueError(f"unknown dataset.builder {cfg.dataset.builder!r}; known: {sorted(builders)}")
+    plan, num_items, make_rows, schema, title, description = builders[cfg.dataset.builder](cfg, device)
+
+    if state.is_main_process:
+        check_plan(out_dir, plan, is_main=True)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        check_plan(out_dir, plan, is_main=False)
+    mine = sum(end - start for k, (start, end) in enumerate(shard_ranges(num_items, plan["shard_size"]))
+               if k % state.num_processes == state.process_index)
+    with tqdm(total=mine, desc=f"build {plan['name']}", unit="item", disable=not state.is_main_process) as bar:
+        counts = run_shards(out_dir, num_items, plan["shard_size"], make_rows, schema, rank=state.process_index,
+                            world_size=state.num_processes, progress=bar.update)
+    log.info("process %d: %d shards made, %d already finished", state.process_index, counts["made"], counts["skipped"])
+    state.wait_for_everyone()
+    if state.is_main_process:
+        stats = shard_stats(out_dir)
+        command = "python -m t2i_align.build_dataset " + " ".join(sys.argv[1:])
+        write_card(out_dir, title, description, plan, stats, schema.names, command)
+        (out_dir / "build_info.json").write_text(json.dumps({"plan": plan, **stats}, indent=2, default=str))
+        if cfg.save_to_disk:
+            import datasets
+
+            files = sorted(str(p) for p in (out_dir / "data").glob("train-*.parquet"))
+            datasets.Dataset.from_parquet(files, split="train").save_to_disk(str(out_dir / "save_to_disk"))
+        log.info("%s: %d rows of %d planned in %d shards", out_dir, stats["rows"], stats["planned"], stats["shards"])
+    state.wait_for_everyone()
+    return out_dir
+
+
+@hydra.main(config_path="../conf", config_name="build_dataset", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("t2i_align").setLevel(logging.INFO)
+    build(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
