@@ -25,9 +25,11 @@ log = logging.getLogger("t2i_align.build_dataset")
 
 
 def _process_state():
+    """accelerate's process state. Without CUDA, cpu=True lets a multi-process launch
+    (torchrun --nproc_per_node N) form a gloo group instead of N independent runs."""
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _shared_out_dir(cfg: DictConfig, run_dir: Path, state) -> Path:
