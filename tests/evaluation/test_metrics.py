@@ -56,3 +56,11 @@ def test_reward_registry_names_and_unknown():
     assert {"pickscore", "clip_score", "aesthetic", "hpsv2", "hpsv2_1"} <= set(REWARDS)
     with pytest.raises(ValueError, match="unknown reward 'fid'"):
         load_reward("fid")
+
+
+def test_rates_get_the_wilson_interval_by_hand():
+    # p = 0.5, n = 4: centre 0.5, half = 1.96 * sqrt(0.0625 + 1.96^2 / 64) / (1 + 1.96^2 / 4) = 0.34997
+    mean, low, high = mean_confidence_interval(torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert mean == 0.5 and low == pytest.approx(0.5 - 0.34997, abs=1e-4) and high == pytest.approx(0.5 + 0.34997, abs=1e-4)
+    mean, low, high = mean_confidence_interval(torch.tensor([0.0] * 10))
+    assert mean == 0.0 and low == pytest.approx(0.0, abs=1e-12) and 0.2 < high < 0.35  # never below 0
