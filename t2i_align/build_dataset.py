@@ -52,9 +52,11 @@ def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
     resolution = int(ds.resolution or cfg.model.resolution)
     prompts, counts = build_prompts(ds.prompts, ds.prompt_split, ds.exclude_words, ds.num_prompts, ds.min_words)
     log.info("prompts: %s", counts)
+    per_prompt = int(ds.get("pairs_per_prompt", 1))
+    items = [p for p in prompts for _ in range(per_prompt)]  # pairs of one prompt get different seeds
     plan = {"builder": "prefix_pair", "name": ds.name, "model": cfg.model.path, "vae": cfg.model.get("vae_path"),
             "chosen_prefix": ds.chosen_prefix, "rejected_prefix": ds.rejected_prefix, "prompts_source": ds.prompts,
-            "num_prompts": len(prompts), "prompt_counts": counts,
+            "num_prompts": len(prompts), "pairs_per_prompt": per_prompt, "prompt_counts": counts,
             "prompts_sha": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16],
             "seed": ds.seed, "steps": ds.steps, "guidance_scale": ds.guidance_scale, "resolution": resolution,
             "negative_prompt": ds.negative_prompt, "shard_size": ds.shard_size, "image_format": ds.image_format,
@@ -70,12 +72,13 @@ def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
                 from t2i_align.evaluation.rewards import load_reward
 
                 cache["reward"] = load_reward(ds.filter.reward, **OmegaConf.to_container(ds.filter.args, resolve=True))
-        return prefix_pair_rows(cache["pipe"], prompts[start:end], list(range(start, end)), ds.chosen_prefix,
+        return prefix_pair_rows(cache["pipe"], items[start:end], list(range(start, end)), ds.chosen_prefix,
                                 ds.rejected_prefix, ds.seed, ds.steps, ds.guidance_scale, resolution, cfg.model.path,
                                 batch_size=ds.batch_size, image_format=ds.image_format, reward=cache["reward"],
-                                margin=ds.filter.margin, negative_prompt=ds.negative_prompt)
+                                margin=ds.filter.margin, negative_prompt=ds.negative_prompt,
+                                pairs_per_prompt=per_prompt)
 
-    return plan, len(prompts), make_rows, PAIR_SCHEMA, ds.name, ds.description
+    return plan, len(items), make_rows, PAIR_SCHEMA, ds.name, ds.description
 
 
 def build(cfg: DictConfig, run_dir) -> Path:

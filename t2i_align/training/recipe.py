@@ -59,7 +59,9 @@ def build_accelerator(mixed_precision: str, logger: str, run_dir: Path) -> Accel
     # multirun sweeps, tests) with another mixed precision would be refused. Reset it, keeping
     # the distributed PartialState.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, log_with=log_with,
+    # Without CUDA, cpu=True lets torchrun --nproc_per_node N form a gloo group (else N
+    # independent single-process runs); with CUDA accelerate picks the GPUs as usual.
+    return Accelerator(mixed_precision=mixed_precision, log_with=log_with, cpu=not torch.cuda.is_available(),
                        project_dir=str(run_dir), step_scheduler_with_optimizer=False)
 
 
@@ -126,8 +128,13 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         encoder.to(device, dtype=weight_dtype)
     resolution = int(d_cfg.resolution or m_cfg.resolution)
 
-    # Data
-    table = load_pair_table(d_cfg.source, d_cfg.path, split=d_cfg.split,
+    # Data (data.build=<preset> with no data.path: the preset is built with this model on first use)
+    data_path = d_cfg.path
+    if data_path is None and d_cfg.get("build"):
+        from t2i_align.data.builders.ensure import ensure_built
+
+        data_path = str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or [])))
+    table = load_pair_table(d_cfg.source, data_path, split=d_cfg.split,
                             caption_column=d_cfg.caption_column,
                             image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
                             drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,

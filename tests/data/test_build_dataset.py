@@ -203,3 +203,24 @@ def test_two_process_build_equals_one_process_build(tmp_path):
             diff = np.abs(np.asarray(Image.open(io.BytesIO(a[key])), dtype=float)
                           - np.asarray(Image.open(io.BytesIO(b[key])), dtype=float))
             assert diff.mean() < 1.0, diff.mean()
+
+
+def test_data_build_makes_the_preset_once_and_keys_the_cache(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from t2i_align.data.builders.ensure import ensure_built, load_preset
+
+    monkeypatch.setenv("T2I_ALIGN_CACHE", str(tmp_path / "cache"))
+    assert load_preset("pick_safety").rejected_prefix == "Sexual, nudity, +19 image. "
+    assert load_preset("pick_safety").shard_size == 250  # inherited from prefix_pair
+    model = OmegaConf.load(f"{CONF_DIR}/model/tiny_sdxl.yaml")
+    overrides = ["dataset.num_prompts=2", "dataset.steps=2", "dataset.image_format=png"]
+    first = ensure_built("pick_style_cartoon", model, overrides)
+    assert first.parent == tmp_path / "cache" / "datasets" and len(rows_of(first)) == 2
+    stamp = (first / "build_info.json").stat().st_mtime_ns
+    assert ensure_built("pick_style_cartoon", model, overrides) == first
+    assert (first / "build_info.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    other = ensure_built("pick_style_cartoon", model, overrides[:1] + ["dataset.steps=3", "dataset.image_format=png"])
+    assert other != first and rows_of(other)[0]["steps"] == 3
+    with pytest.raises(ValueError, match="unknown dataset preset 'nope'"):
+        load_preset("nope")

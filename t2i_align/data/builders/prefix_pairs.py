@@ -59,8 +59,10 @@ def generate_with_seeds(pipe, prompts: list[str], seeds: list[int], steps: int, 
 def prefix_pair_rows(pipe, prompts: list[str], indices: list[int], chosen_prefix: str, rejected_prefix: str,
                      build_seed: int, steps: int, guidance_scale: float, resolution: int, model_name: str,
                      batch_size: int = 4, image_format: str = "jpeg", reward=None, margin: float = 0.0,
-                     negative_prompt: str | None = None) -> list[dict]:
-    """Rows (PAIR_SCHEMA) for prompts[i] with their global indices; chosen is jpg_0 (label_0 = 1).
+                     negative_prompt: str | None = None, pairs_per_prompt: int = 1) -> list[dict]:
+    """Rows (PAIR_SCHEMA) for the items prompts[i] with their global item indices (item i is
+    pair i % pairs_per_prompt of prompt i // pairs_per_prompt; its seed comes from i); chosen is
+    jpg_0 (label_0 = 1).
 
     reward: optional reward(images, prompts) model; a pair is kept only when the chosen image
     beats the rejected one by at least `margin` on the PLAIN prompt (a cheap stand-in for the
@@ -87,7 +89,7 @@ def prefix_pair_rows(pipe, prompts: list[str], indices: list[int], chosen_prefix
                 "jpg_1": encode_image(rejected[j], image_format), "label_0": 1.0, "label_1": 0.0,
                 "chosen_prompt": chosen_prompts[j], "rejected_prompt": rejected_prompts[j],
                 "chosen_prefix": chosen_prefix, "rejected_prefix": rejected_prefix, "model": model_name,
-                "seed": seeds[j], "prompt_index": indices[start + j], "guidance_scale": float(guidance_scale),
+                "seed": seeds[j], "prompt_index": indices[start + j] // pairs_per_prompt, "guidance_scale": float(guidance_scale),
                 "steps": int(steps), "resolution": int(resolution),
                 "chosen_score": scores_c[j], "rejected_score": scores_r[j]})
     return rows
