@@ -41,7 +41,7 @@ each pass) minus the RSS after loading the model parts: what training adds on to
 weights (reference copy, LoRA weights, gradients, AdamW state, activations). The bare pass goes
 first so that the step's peak is not hidden by memory the bare pass freed but malloc kept.
 
-Usage: python scripts/bench_step.py [--models tiny,small] [--methods sft,mapo,dpo]
+Usage: python scripts/bench_step.py [--models tiny,small,toy] [--methods sft,mapo,dpo]
        [--tunings full,lora] [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda]
        [--json PATH] [--no-subprocess]
 The defaults (5 timed + 2 warm-up steps) keep the full 12-row CPU run to a few minutes on 2
@@ -68,7 +68,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as t2i_align.training.recipe sets it
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("tiny", "small")
+MODELS = ("tiny", "small", "toy")
 METHODS = ("sft", "mapo", "dpo", "dcpo", "inpo")  # the default rows
 TUNINGS = ("full", "lora")
 SEED = 0
@@ -141,17 +141,19 @@ def small_unet(text_encoders):
 
 
 def load_model(name: str, device):
-    """(parts, resolution): the tiny SDXL parts, with the small UNet swapped in for "small";
+    """(parts, resolution): the tiny SDXL parts, with the small UNet swapped in for "small"; the
+    shipped toy_sdxl for "toy";
     every part on `device` (the recipe moves the UNet there before making the reference)."""
     from t2i_align.models.loading import load_parts
     from t2i_align.models.tiny import TINY_RESOLUTION
 
-    parts = load_parts("tiny:sdxl")
+    # "toy": the pretrained toy world model shipped in the package (2.1M-param UNet)
+    parts = load_parts("toy:sdxl" if name == "toy" else "tiny:sdxl")
     resolution = TINY_RESOLUTION
     if name == "small":
         parts.unet = small_unet(parts.text_encoders)
         resolution = SMALL_RESOLUTION
-    elif name != "tiny":
+    elif name not in ("tiny", "toy"):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     parts.unet.to(device)
     parts.vae.to(device)

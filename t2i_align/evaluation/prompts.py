@@ -34,7 +34,7 @@ BUILTIN = [
 ]
 
 HPSV2_STYLES = ("anime", "concept-art", "paintings", "photo")
-KINDS = ("builtin", "text", "jsonl", "parquet", "pickapic", "partiprompts", "hpsv2")
+KINDS = ("builtin", "text", "jsonl", "parquet", "pickapic", "partiprompts", "hpsv2", "toy")
 
 
 def _text(path: Path) -> list[tuple[str, str]]:
@@ -130,6 +130,13 @@ def load_prompt_set(source: str, limit: int | None = None, subset=None,
         kind, path_text = ("builtin", "") if source == "builtin" else ("", source)
     if kind == "builtin":
         rows = [(p, "") for p in BUILTIN]
+    elif kind == "toy":  # the toy world's unprefixed prompts: "toy:train" or "toy:heldout" (disjoint)
+        from t2i_align.toy.world import plain_prompts, prompt_count
+
+        if path_text not in ("train", "heldout"):
+            raise ValueError(f"eval.prompts={source!r}: use toy:train or toy:heldout")
+        held_out = path_text == "heldout"
+        rows = [(p, "") for p in plain_prompts(prompt_count(held_out), seed=0, held_out=held_out)]
     else:
         path = Path(path_text).expanduser()
         if not path.exists():

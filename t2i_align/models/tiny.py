@@ -184,12 +184,17 @@ def tiny_kind(path: str) -> str | None:
 
 
 def resolve_model_path(path: str) -> str:
-    """Turn ``"tiny:<kind>"`` into a local diffusers folder; return any other path unchanged.
+    """Turn ``"tiny:<kind>"`` into a local diffusers folder (and ``"toy:sdxl"`` into the shipped
+    pretrained toy model's folder); return any other path unchanged.
 
     The tiny pipeline is saved once into ``cache_dir()/tiny/<kind>-<TINY_VERSION>/``:
     built in a temporary folder next to it and renamed into place, so concurrent processes
     and interrupted runs never leave a half-written model behind. An existing folder is reused.
     """
+    if isinstance(path, str) and path.startswith("toy:"):  # the pretrained toy model shipped in the package
+        from t2i_align.toy.model import resolve_toy_path
+
+        return resolve_toy_path(path)
     kind = tiny_kind(path)
     if kind is None:
         return path

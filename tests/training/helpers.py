@@ -13,7 +13,19 @@ FAST = ["trainer.max_steps=2", "trainer.batch_size=2", "data.num_generated=16",
         "trainer.checkpoint_every=0"]
 
 
+# The tests' base: the tiny random model on generated pairs with the common trainer defaults
+# (the no-argument default is the toy world, which has its own tests).
+TEST_DEFAULTS = {"model": "tiny_sdxl", "data": "generated", "trainer": "default", "post_eval": "none"}
+
+
+# The same base for `python -m t2i_align.train` subprocesses.
+TINY_CLI = [f"{k}={v}" for k, v in TEST_DEFAULTS.items()]
+
+
 def make_cfg(overrides: list[str], config_name: str = "train"):
+    if config_name == "train" and not any(o.startswith("+exp=") for o in overrides):
+        given = {o.split("=", 1)[0] for o in overrides}
+        overrides = [f"{k}={v}" for k, v in TEST_DEFAULTS.items() if k not in given] + list(overrides)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name, overrides=overrides)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from tests.training.helpers import read_metrics, train
+from tests.training.helpers import TINY_CLI, read_metrics, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_tensorboard_events_are_written(tmp_path):
 def test_command_line_entry_point(tmp_path):
     run_dir = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "t2i_align.train", f"run_dir={run_dir}", "method=dpo",
+        [sys.executable, "-m", "t2i_align.train", f"run_dir={run_dir}", *TINY_CLI, "method=dpo",
          "trainer.max_steps=2", "trainer.batch_size=2", "data.num_generated=16"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)})

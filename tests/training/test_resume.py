@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from t2i_align.training.checkpoint import list_checkpoints
-from tests.training.helpers import final_weights, read_metrics, train
+from tests.training.helpers import TINY_CLI, final_weights, read_metrics, train
 
 # 15 pairs / batch 2 = 7 batches per epoch: 9 steps cross an epoch boundary; random crop and
 # flip and caption dropout make every source of randomness matter.
@@ -60,7 +60,7 @@ def test_resume_from_missing_path_is_a_clear_error(tmp_path):
 def test_killed_process_resumes(tmp_path):
     """SIGKILL a real `python -m t2i_align.train` mid-run, then resume it in-process."""
     run_dir = tmp_path / "killed"
-    args = [sys.executable, "-m", "t2i_align.train", f"run_dir={run_dir}", "method=sft",
+    args = [sys.executable, "-m", "t2i_align.train", f"run_dir={run_dir}", *TINY_CLI, "method=sft",
             "trainer.batch_size=2", "data.num_generated=16", "trainer.max_steps=100000",
             "trainer.checkpoint_every=2", "trainer.keep_last=1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -11,6 +11,10 @@ REWARDS = {
     "hpsv2": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2"}),
     "hpsv2_1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),  # HPSv2.1
     "image_reward": ("t2i_align.evaluation.rewards.image_reward", "load_image_reward", {}),
+    # the toy world's metrics (t2i_align/toy): rates of the target style, right colour, right shape
+    "toy_style": ("t2i_align.evaluation.rewards.toy", "load_toy_reward", {"name": "toy_style"}),
+    "toy_colour": ("t2i_align.evaluation.rewards.toy", "load_toy_reward", {"name": "toy_colour"}),
+    "toy_shape": ("t2i_align.evaluation.rewards.toy", "load_toy_reward", {"name": "toy_shape"}),
 }
 
 
