@@ -76,6 +76,7 @@ from typing import Callable
 import torch
 
 from t2i_align.noising.forward import diffusion_target, sample_pair_timesteps
+from t2i_align.noising.random import randn
 
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -160,8 +161,7 @@ def _invert_float32(predict_fn: PredictFn, latents: torch.Tensor, timesteps: tor
         if eta > 0:
             # DDIM sigma (eta = 1) of the interval just stepped, s -> p (DDIM eq. 16), as the released code
             var = (1 - a_src) / (1 - a_dst) * (1 - a_dst / a_src)
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32,
-                                device=generator.device if generator is not None else device).to(device)
+            noise = randn(x.shape, generator, device)
             x_new = x_new + eta * var.clamp(min=0).sqrt() * noise
         moved = torch.ones_like(t_dst, dtype=torch.bool) if k == 1 else t_dst != grid[:, k - 1]
         x = torch.where(_per_sample(moved, x), x_new, x)  # zero-length steps are the identity

@@ -8,12 +8,13 @@ Timesteps are drawn per pair, so a batch of several pairs is correct.
 
 import torch
 
+from t2i_align.noising.random import randint, randn
 
-def sample_pair_timesteps(num_pairs: int, num_train_timesteps: int, generator: torch.Generator,
-                          device) -> torch.Tensor:
-    """t ~ U{0, ..., T-1}, one per pair (long tensor [num_pairs])."""
-    return torch.randint(0, num_train_timesteps, (num_pairs,), generator=generator,
-                         device=generator.device).to(device)
+
+def sample_pair_timesteps(num_pairs: int, num_train_timesteps: int, generator, device) -> torch.Tensor:
+    """t ~ U{0, ..., T-1}, one per pair (long tensor [num_pairs]). `generator`: a torch.Generator
+    or a noising.random.PerSampleGenerator (one stream per pair)."""
+    return randint(num_train_timesteps, num_pairs, generator, device)
 
 
 def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor,
@@ -37,8 +38,7 @@ def forward_noise_pairs(noise_scheduler, latents_w: torch.Tensor, latents_l: tor
     num_pairs = latents_w.shape[0]
     timesteps = sample_pair_timesteps(num_pairs, noise_scheduler.config.num_train_timesteps,
                                       generator, latents_w.device)
-    noise = torch.randn(latents_w.shape, generator=generator, device=generator.device,
-                        dtype=latents_w.dtype).to(latents_w.device)
+    noise = randn(latents_w.shape, generator, latents_w.device, dtype=latents_w.dtype)
     if latents_l is not None:
         latents = torch.cat([latents_w, latents_l])
         noise = torch.cat([noise, noise])

@@ -3,8 +3,9 @@
 Layout: <run dir>/checkpoints/step_<N>/ holding
   unet/ (full fine-tuning, diffusers format) or unet_lora.safetensors (LoRA trainable weights),
   the optimizer / LR-schedule / grad-scaler state written by accelerate.save_state,
-  noise_rng_<rank>.safetensors (the generator behind timesteps, noise and caption dropout),
   trainer_state.json (step, data position, counters).
+No noise-generator state: every sample's randomness is seeded by (seed, step, micro-batch,
+dataset index) (noising/random.py), so a resumed run draws the same without it.
 Each checkpoint is written to .tmp-step_<N> and renamed when complete, so a kill mid-write
 never leaves a directory that looks finished; only the last `keep_last` are kept.
 """
@@ -83,8 +84,7 @@ def register_unet_state_hooks(accelerator, use_lora: bool, family: str = "sdxl")
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator, run_dir, step: int, trainer_state: dict,
-                    noise_generator: torch.Generator, keep_last: int) -> Path:
+def save_checkpoint(accelerator, run_dir, step: int, trainer_state: dict, keep_last: int) -> Path:
     """Write checkpoint step_<step> atomically (temp dir + rename), then prune old ones."""
     root = Path(run_dir) / "checkpoints"
     tmp = root / f".tmp-step_{step}"
@@ -96,8 +96,6 @@ def save_checkpoint(accelerator, run_dir, step: int, trainer_state: dict,
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    save_file({"state": noise_generator.get_state()},
-              str(tmp / f"noise_rng_{accelerator.process_index}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
@@ -111,13 +109,8 @@ def save_checkpoint(accelerator, run_dir, step: int, trainer_state: dict,
     return final
 
 
-def load_checkpoint(accelerator, checkpoint: Path, noise_generator: torch.Generator) -> dict:
+def load_checkpoint(accelerator, checkpoint: Path) -> dict:
     """Restore model / optimizer / schedule / RNG from `checkpoint`; return its trainer state."""
     checkpoint = Path(checkpoint)
     accelerator.load_state(str(checkpoint))
-    rng_file = checkpoint / f"noise_rng_{accelerator.process_index}.safetensors"
-    if not rng_file.is_file():
-        raise FileNotFoundError(f"{rng_file} missing: the checkpoint was written by a run with "
-                                "fewer processes; resume with the same number of processes")
-    noise_generator.set_state(load_file(str(rng_file))["state"])
     return json.loads((checkpoint / "trainer_state.json").read_text())

@@ -9,19 +9,37 @@ import torch
 
 from t2i_align.models.prompt_encoding import encode_prompts, sdxl_time_ids
 from t2i_align.noising import NOISINGS, forward_noise_pairs, inversion_noise_pairs
+from t2i_align.noising.random import rand, randn
 from t2i_align.objectives import compute_objective
 
 
+def posterior_latents(mean: torch.Tensor, std: torch.Tensor, generator, scaling_factor: float,
+                      shift_factor: float | None) -> torch.Tensor:
+    """A VAE posterior sample mean + std * z, shifted and scaled as the UNet expects, in float32.
+
+    The image path (encode_latents) and the latent cache (which stores mean and std) both go
+    through this function, so from the same (mean, std, generator) they give the same latents."""
+    latents = mean + std * randn(mean.shape, generator, mean.device, dtype=mean.dtype)
+    if shift_factor is not None:
+        latents = latents - shift_factor
+    return latents.float() * scaling_factor
+
+
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """VAE posterior sample, scaled (and shifted, for VAEs that define shift_factor) as the UNet
-    expects. Runs in the VAE's dtype (fp32 for the SDXL VAE, which overflows in fp16)."""
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the VAE posterior of `pixels`, in the VAE's dtype (fp32 for the SDXL VAE,
+    which overflows in fp16)."""
     dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-    latents = dist.sample(generator=generator)
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        latents = latents - shift
-    return latents.float() * vae.config.scaling_factor
+    return dist.mean, dist.std
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, generator) -> torch.Tensor:
+    """VAE posterior sample, scaled (and shifted, for VAEs that define shift_factor) as the UNet
+    expects. `generator`: a torch.Generator or a PerSampleGenerator."""
+    mean, std = encode_posterior(vae, pixels)
+    return posterior_latents(mean, std, generator, vae.config.scaling_factor,
+                             getattr(vae.config, "shift_factor", None))
 
 
 def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
@@ -55,6 +73,34 @@ def build_conditioning(captions_w: list[str], captions_l: list[str] | None, text
     return out
 
 
+def cached_conditioning(batch: dict, drop: torch.Tensor | None, uses_rejected: bool, per_image_captions: bool,
+                        family: str, resolution: int, device) -> dict:
+    """UNet conditioning from cached text embeddings, laid out as build_conditioning's: chosen rows,
+    then rejected rows. Dropped captions take the cached embedding of the empty prompt."""
+    def side(suffix: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, pooled = batch[f"hidden_{suffix}"], batch.get(f"pooled_{suffix}")
+        if drop is not None and bool(drop.any()):
+            keep = ~drop.view(-1, 1, 1).to(hidden.device)
+            hidden = torch.where(keep, hidden, batch["empty_hidden"].to(hidden))
+            if pooled is not None:
+                pooled = torch.where(keep[:, :, 0], pooled, batch["empty_pooled"].to(pooled))
+        return hidden, pooled
+
+    hidden, pooled = side("w")
+    if uses_rejected:
+        hidden_l, pooled_l = side("l") if per_image_captions else (hidden, pooled)
+        hidden = torch.cat([hidden, hidden_l])
+        pooled = torch.cat([pooled, pooled_l]) if pooled is not None else None
+    out = {"encoder_hidden_states": hidden.to(device)}
+    if family == "sdxl":
+        target = (resolution, resolution)
+        time_ids = sdxl_time_ids(batch["original_sizes_w"], batch["crop_top_left"], target)
+        if uses_rejected:
+            time_ids = torch.cat([time_ids, sdxl_time_ids(batch["original_sizes_l"], batch["crop_top_left"], target)])
+        out["added_cond_kwargs"] = {"text_embeds": pooled.to(device), "time_ids": time_ids.to(device)}
+    return out
+
+
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over (C, H, W) of the squared error, in fp32: E in the papers' notation."""
     return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
@@ -75,22 +121,33 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
     released, or by the reference), with the same conditioning as the loss pass.
     """
     uses_rejected = objective.uses_rejected
-    if uses_rejected:  # one VAE call for both images of every pair
-        latents_w, latents_l = encode_latents(
-            vae, torch.cat([batch["pixels_w"], batch["pixels_l"]]), generator).chunk(2)
+    cached = "latent_mean_w" in batch  # a batch of the latent cache (data/latent_cache.py)
+    if cached:
+        mean, std = batch["latent_mean_w"], batch["latent_std_w"]
+        if uses_rejected:
+            mean, std = torch.cat([mean, batch["latent_mean_l"]]), torch.cat([std, batch["latent_std_l"]])
+        latents = posterior_latents(mean.to(device), std.to(device), generator, batch["scaling_factor"],
+                                    batch["shift_factor"])
+    elif uses_rejected:  # one VAE call for both images of every pair
+        latents = encode_latents(vae, torch.cat([batch["pixels_w"], batch["pixels_l"]]), generator)
     else:
-        latents_w, latents_l = encode_latents(vae, batch["pixels_w"], generator), None
+        latents = encode_latents(vae, batch["pixels_w"], generator)
+    latents_w, latents_l = latents.chunk(2) if uses_rejected else (latents, None)
 
-    if per_image_captions:  # DCPO: each image conditioned on its own caption
-        captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+    num_pairs = latents_w.shape[0]
+    drop = rand(num_pairs, generator) < caption_dropout if caption_dropout > 0 else None
+    if cached:
+        cond = cached_conditioning(batch, drop, uses_rejected, per_image_captions, family, resolution, device)
     else:
-        captions_w = captions_l = list(batch["captions"])
-    if caption_dropout > 0:
-        drop = torch.rand(len(captions_w), generator=generator, device=generator.device) < caption_dropout
-        captions_w, captions_l = drop_captions(captions_w, drop), drop_captions(captions_l, drop)
-    cond = build_conditioning(captions_w, captions_l if uses_rejected else None, text_encoders,
-                              tokenizers, family, batch["original_sizes_w"], batch["original_sizes_l"],
-                              batch["crop_top_left"], resolution, device)
+        if per_image_captions:  # DCPO: each image conditioned on its own caption
+            captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
+        else:
+            captions_w = captions_l = list(batch["captions"])
+        if drop is not None:
+            captions_w, captions_l = drop_captions(captions_w, drop), drop_captions(captions_l, drop)
+        cond = build_conditioning(captions_w, captions_l if uses_rejected else None, text_encoders,
+                                  tokenizers, family, batch["original_sizes_w"], batch["original_sizes_l"],
+                                  batch["crop_top_left"], resolution, device)
 
     if noising == "forward":
         noisy, target, timesteps = forward_noise_pairs(noise_scheduler, latents_w, latents_l,
@@ -121,7 +178,6 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                                  added_cond_kwargs=cond.get("added_cond_kwargs"))
         ref_err = per_sample_error(ref_pred, target)
 
-    num_pairs = latents_w.shape[0]
     split = lambda e: (e[:num_pairs], e[num_pairs:]) if uses_rejected else (e, None)  # noqa: E731
     model_err_w, model_err_l = split(model_err)
     ref_err_w, ref_err_l = split(ref_err) if ref_err is not None else (None, None)

@@ -36,6 +36,27 @@ def test_adapters_off_equals_copy_made_before_lora(sdxl_unet, unet_inputs, pertu
     assert not torch.allclose(_policy(unet, inputs), ref_out, atol=1e-3)
 
 
+def test_cpu_offloaded_copy_equals_copy_and_keeps_weights_off_the_device(sdxl_unet, unet_inputs):
+    """The offloaded reference streams weights through accelerate's hooks; its output equals the
+    on-device copy's, and its parameters stay in CPU RAM (here: on the meta device behind hooks)."""
+    unet = sdxl_unet
+    inputs = unet_inputs(unet)
+    copy_ref = make_reference(unet, "copy")
+    offloaded = make_reference(unet, "cpu_offload", device="cpu")
+    assert offloaded.unet is not unet and offloaded.unet is not copy_ref.unet
+    assert all(p.device.type in ("cpu", "meta") for p in offloaded.unet.parameters())
+    out = offloaded(**inputs)
+    assert out.dtype == torch.float32 and out.shape == inputs["sample"].shape
+    torch.testing.assert_close(out, copy_ref(**inputs), rtol=0, atol=0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)  # training the policy must not move the offloaded reference
+    torch.testing.assert_close(offloaded(**inputs), out, rtol=0, atol=0)
+    add_lora(unet, rank=4)
+    with pytest.raises(ValueError, match="'cpu_offload' got a UNet with LoRA adapters"):
+        make_reference(unet, "cpu_offload")
+
+
 def test_adapters_re_enabled_after_error(sdxl_unet, unet_inputs, perturb_lora):
     unet = sdxl_unet
     inputs = unet_inputs(unet)
@@ -78,7 +99,7 @@ def test_strategy_errors():
     unet = build_tiny_pipeline("sd15").unet
     with pytest.raises(ValueError, match="needs a UNet with LoRA adapters"):
         make_reference(unet, "adapters_off")
-    with pytest.raises(ValueError, match="none, copy, adapters_off"):
+    with pytest.raises(ValueError, match="none, copy, cpu_offload, adapters_off"):
         make_reference(unet, "ema")
     add_lora(unet, rank=2)
     with pytest.raises(ValueError, match="use 'adapters_off'"):
