@@ -102,10 +102,16 @@ def collate_pairs(items: list) -> dict:
 
 class EpochSampler(torch.utils.data.Sampler):
     """Indices of `dataset` in an order fixed by (seed, epoch): a permutation from a private
-    torch.Generator seeded with seed + epoch when `shuffle`, else 0..N-1. No global RNG use."""
+    torch.Generator seeded with seed + epoch when `shuffle`, else 0..N-1. No global RNG use.
 
-    def __init__(self, dataset, seed: int = 0, shuffle: bool = True):
-        self.num_samples = len(dataset)
+    `multiple_of` (the global batch: per-device batch x processes) cuts each epoch to a whole
+    number of global batches. accelerate deals the batches out to the processes in turn and
+    would otherwise pad a short last round with batches from the epoch's start (duplicates);
+    cut here, N processes see exactly the batches one process would with an N-times larger batch."""
+
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True, multiple_of: int = 1):
+        self.total = len(dataset)
+        self.num_samples = self.total // multiple_of * multiple_of
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
@@ -121,7 +127,7 @@ class EpochSampler(torch.utils.data.Sampler):
             return iter(range(self.num_samples))
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        return iter(torch.randperm(self.total, generator=generator)[:self.num_samples].tolist())
 
 
 def build_dataloader(
@@ -132,8 +138,12 @@ def build_dataloader(
     shuffle: bool = True,
     drop_last: bool = True,
     prefetch_factor: int | None = None,
+    collate_fn=collate_pairs,
+    pin_memory: bool = False,
+    num_processes: int = 1,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over `dataset` with an EpochSampler and `collate_pairs`.
+    """A DataLoader over `dataset` with an EpochSampler and `collate_fn` (collate_pairs; the latent
+    cache passes its own).
 
     Before each epoch call `loader.sampler.set_epoch(e)` and `dataset.set_epoch(e)`. Workers
     are not persistent, so each epoch's workers get the dataset with the current epoch.
@@ -141,10 +151,12 @@ def build_dataloader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if drop_last and len(dataset) < batch_size:
+    global_batch = batch_size * num_processes
+    if drop_last and len(dataset) < global_batch:
         raise ValueError(
-            f"the dataset has {len(dataset)} pairs, fewer than batch_size {batch_size}: with drop_last "
-            f"there would be no batch at all; lower the batch size or add data"
+            f"the dataset has {len(dataset)} pairs, fewer than the global batch {global_batch} (batch_size "
+            f"{batch_size} x {num_processes} processes): with drop_last there would be no batch at all; "
+            "lower the batch size or add data"
         )
     generator = torch.Generator()
     generator.manual_seed(seed)  # DataLoader draws its worker base seed from here, not the global RNG
@@ -152,9 +164,10 @@ def build_dataloader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(dataset, seed=seed, shuffle=shuffle),
-        collate_fn=collate_pairs,
+        sampler=EpochSampler(dataset, seed=seed, shuffle=shuffle, multiple_of=global_batch if drop_last else 1),
+        collate_fn=collate_fn,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=False,
         generator=generator,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 
-def _short_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+def short_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     """(height, width) after resizing so that the shorter side equals `resolution`."""
     if height <= width:
         return resolution, max(resolution, int(round(width * resolution / height)))
@@ -63,7 +63,7 @@ def pair_transform(
     original_w = (image_w.height, image_w.width)
     original_l = (image_l.height, image_l.width)
 
-    height, width = _short_side_size(*original_w, resolution)
+    height, width = short_side_size(*original_w, resolution)
     resized_w = _resize(image_w, height, width)
     resized_l = _resize(image_l, height, width)
 

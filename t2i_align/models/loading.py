@@ -125,6 +125,8 @@ def load_parts(
     revision: str | None = None,
     variant: str | None = None,
     text_encoder_dtype=None,
+    with_vae: bool = True,
+    with_text_encoders: bool = True,
 ) -> DiffusionParts:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and a training DDPMScheduler.
 
@@ -135,6 +137,8 @@ def load_parts(
     revision / variant: passed to ``from_pretrained`` for the parts of ``path``.
     text_encoder_dtype: dtype for the frozen text encoders (default float32; transformers 5
         would otherwise load in the checkpoint's dtype, e.g. fp16 for the SDXL hub weights).
+    with_vae / with_text_encoders: False skips loading them (training from a finished latent
+        cache needs neither); ``vae`` is then None and ``text_encoders`` empty.
 
     UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
@@ -170,14 +174,18 @@ def load_parts(
         )
 
     tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)]
-    text_encoders = [CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=te_dtype, **weights)]
+    text_encoders = []
+    if with_text_encoders:
+        text_encoders.append(CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=te_dtype, **weights))
     if family == "sdxl":
         tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **hub))
-        text_encoders.append(
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=te_dtype, **weights)
-        )
+        if with_text_encoders:
+            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
+                source, subfolder="text_encoder_2", dtype=te_dtype, **weights))
 
-    if vae_path is not None:
+    if not with_vae:
+        vae = None
+    elif vae_path is not None:
         vae_src, vae_sub = _override_location(vae_path, "vae", "VAE")
         vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_sub, torch_dtype=torch.float32)
     else:
@@ -195,7 +203,7 @@ def load_parts(
     return DiffusionParts(
         family=family,
         unet=unet,
-        vae=_freeze(vae),
+        vae=_freeze(vae) if vae is not None else None,
         text_encoders=[_freeze(te) for te in text_encoders],
         tokenizers=tokenizers,
         noise_scheduler=noise_scheduler,

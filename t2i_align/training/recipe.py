@@ -6,6 +6,7 @@ optimizer + schedule -> loop (gradient accumulation, clipping, logging, checkpoi
 """
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -17,12 +18,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from t2i_align.data.dataset import PreferencePairs, build_dataloader
+from t2i_align.data.dataset import PreferencePairs, build_dataloader, collate_pairs
+from t2i_align.data.latent_cache import (CachedPairs, build_latent_cache, cache_complete, cache_key, collate_cached,
+                                        data_signature, default_cache_dir)
 from t2i_align.data.tables import load_pair_table
+from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, save_lora
@@ -84,6 +88,25 @@ def micro_batches(dataloader, dataset, position: dict, accelerator):
         position["batch"] = 0
 
 
+def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_captions: bool, vae_dtype,
+                          seed: int) -> tuple[dict, Path]:
+    """(key, folder) of the latent cache for this model and data (data.cache.dir or automatic)."""
+    data = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in d_cfg.items() if k in ("source", "split", "caption_column", "image_columns", "label_column",
+                                              "drop_ties", "max_pairs", "num_generated", "image_caption_columns",
+                                              "image_caption_order")}
+    data.update(path=data_signature(data_path), seed=seed)
+    key = cache_key(model_path=m_cfg.path, vae_path=m_cfg.vae_path, revision=m_cfg.revision, variant=m_cfg.variant,
+                    family=m_cfg.family, resolution=resolution, flip_variants=d_cfg.cache.flip_variants,
+                    per_image_captions=per_image_captions, storage_dtype=d_cfg.cache.dtype,
+                    vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None)
+    if d_cfg.random_crop:
+        raise ValueError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
+                         "(random crops need the images: data.cache.enabled=false)")
+    folder = Path(d_cfg.cache.dir).expanduser() if d_cfg.cache.dir else default_cache_dir(key)
+    return key, folder
+
+
 def run_training(cfg: DictConfig, run_dir) -> Path:
     """Train as configured; return the path of <run dir>/final."""
     # The HF tokenizers' own thread pool competes with torch's threads for the same cores
@@ -107,33 +130,49 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     device = accelerator.device
     weight_dtype = DTYPES[t_cfg.mixed_precision]
 
-    # Models
-    parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
-                       unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant)
-    unet = parts.unet
-    set_attention_backend(unet, m_cfg.attention)
-    if t_cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if use_lora:
-        add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
-                 target_modules=tuple(t_cfg.lora.target_modules))
-    unet.to(device)
-    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
-    # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
-    ref_dtype = weight_dtype if ref_strategy == "copy" and weight_dtype != torch.float32 else None
-    reference = make_reference(unet, ref_strategy, dtype=ref_dtype)
-    vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
-    parts.vae.to(device) if vae_dtype == torch.float32 else parts.vae.to(device, dtype=vae_dtype)
-    for encoder in parts.text_encoders:
-        encoder.to(device, dtype=weight_dtype)
-    resolution = int(d_cfg.resolution or m_cfg.resolution)
-
-    # Data (data.build=<preset> with no data.path: the preset is built with this model on first use)
+    # Data location (data.build=<preset> with no data.path: the preset is built with this model on first use)
     data_path = d_cfg.path
     if data_path is None and d_cfg.get("build"):
         from t2i_align.data.builders.ensure import ensure_built
 
         data_path = str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or [])))
+    resolution = int(d_cfg.resolution or m_cfg.resolution)
+    per_image_captions = meth.captions == "per_image"
+    vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
+    cache_cfg = d_cfg.get("cache")
+    cache_folder = cache_key_ = None
+    cache_ready = False
+    if cache_cfg is not None and cache_cfg.enabled:
+        cache_key_, cache_folder = latent_cache_location(m_cfg, d_cfg, data_path, resolution, per_image_captions,
+                                                         vae_dtype, t_cfg.seed)
+        cache_ready = cache_complete(cache_folder, cache_key_)
+
+    # Models (a finished latent cache needs neither VAE nor text encoders)
+    parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
+                       unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant,
+                       with_vae=not cache_ready, with_text_encoders=not cache_ready)
+    unet = parts.unet
+    set_attention_backend(unet, m_cfg.attention)
+    if t_cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if t_cfg.get("channels_last"):
+        unet.to(memory_format=torch.channels_last)
+    if use_lora:
+        add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
+                 target_modules=tuple(t_cfg.lora.target_modules))
+    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+    # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
+    # Made while the UNet is still in CPU RAM, so an offloaded copy never visits the device.
+    ref_dtype = weight_dtype if ref_strategy in ("copy", "cpu_offload") and weight_dtype != torch.float32 else None
+    reference = make_reference(unet, ref_strategy, dtype=ref_dtype, device=device)
+    unet.to(device)
+    if t_cfg.get("compile"):
+        unet.compile()  # in place (nn.Module.compile): state dicts, LoRA and checkpoints are unchanged
+    if parts.vae is not None:
+        parts.vae.to(device) if vae_dtype == torch.float32 else parts.vae.to(device, dtype=vae_dtype)
+    for encoder in parts.text_encoders:
+        encoder.to(device, dtype=weight_dtype)
+
     table = load_pair_table(d_cfg.source, data_path, split=d_cfg.split,
                             caption_column=d_cfg.caption_column,
                             image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
@@ -141,7 +180,6 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                             num_generated=d_cfg.num_generated, seed=t_cfg.seed,
                             image_caption_columns=d_cfg.image_caption_columns,
                             image_caption_order=d_cfg.image_caption_order)
-    per_image_captions = meth.captions == "per_image"
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion
@@ -152,10 +190,29 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         raise ValueError(f"method {meth.name} conditions each image on its own caption, but the data has no "
                          f"per-image captions (columns: {table.column_names}); set "
                          "data.image_caption_columns=[caption for jpg_0, caption for jpg_1]")
-    dataset = PreferencePairs(table, resolution=resolution, random_crop=d_cfg.random_crop,
-                              random_flip=d_cfg.random_flip, seed=t_cfg.seed)
+    if cache_folder is not None:
+        if not cache_ready:
+            build_latent_cache(table, cache_folder, cache_key_, vae=parts.vae, text_encoders=parts.text_encoders,
+                               tokenizers=parts.tokenizers, family=parts.family, resolution=resolution,
+                               flip_variants=cache_cfg.flip_variants, per_image_captions=per_image_captions,
+                               storage_dtype=cache_cfg.dtype, shard_size=cache_cfg.shard_size,
+                               batch_size=cache_cfg.batch_size, process_index=accelerator.process_index,
+                               num_processes=accelerator.num_processes, wait=accelerator.wait_for_everyone)
+            parts.vae, parts.text_encoders = None, []  # the loop reads the cache only: free them
+        dataset = CachedPairs(cache_folder, random_flip=d_cfg.random_flip, seed=t_cfg.seed)
+        collate = functools.partial(collate_cached, captions=dataset.captions,
+                                    scaling_factor=dataset.info["scaling_factor"],
+                                    shift_factor=dataset.info["shift_factor"])
+        log.info("training from the latent cache %s (%d rows, %d unreadable at build)", cache_folder,
+                 dataset.info["rows"], dataset.info["skipped_rows"])
+    else:
+        dataset = PreferencePairs(table, resolution=resolution, random_crop=d_cfg.random_crop,
+                                  random_flip=d_cfg.random_flip, seed=t_cfg.seed)
+        collate = collate_pairs
     dataloader = build_dataloader(dataset, batch_size=t_cfg.batch_size, seed=t_cfg.seed,
-                                  num_workers=d_cfg.num_workers)
+                                  num_workers=d_cfg.num_workers, prefetch_factor=d_cfg.get("prefetch_factor"),
+                                  collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                                  num_processes=accelerator.num_processes)
 
     # Optimisation
     lr = scaled_learning_rate(t_cfg.lr, t_cfg.scale_lr, t_cfg.batch_size, t_cfg.grad_accum,
@@ -168,11 +225,10 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
     accelerator.register_for_checkpointing(lr_scheduler)
 
-    generator = torch.Generator(device=device).manual_seed(t_cfg.seed + accelerator.process_index)
     step, position, skipped_rows = 0, {"epoch": 0, "batch": 0}, 0
     checkpoint = find_resume_checkpoint(run_dir, t_cfg.resume)
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, generator)
+        state = load_checkpoint(accelerator, checkpoint)
         step, skipped_rows = state["step"], state["skipped_rows"]
         position = {"epoch": state["epoch"], "batch": state["batch_in_epoch"]}
         log.info("resumed from %s at step %d", checkpoint, step)
@@ -197,7 +253,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     try:
         while step < t_cfg.max_steps:
             started = time.perf_counter()
-            records = []
+            records, step_indices = [], []
             for micro in range(t_cfg.grad_accum):
                 batch = next(batches)
                 skipped_rows += batch["num_skipped"]
@@ -205,6 +261,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                     batch = next(batches)
                     skipped_rows += batch["num_skipped"]
                 sync = micro == t_cfg.grad_accum - 1
+                # One random stream per pair, seeded by (seed, step, micro-batch, dataset index):
+                # the same draws whatever the process count, and after a resume.
+                generator = PerSampleGenerator.for_batch(t_cfg.seed, step, micro, batch["indices"].tolist(), device)
                 with contextlib.nullcontext() if sync else accelerator.no_sync(unet):
                     loss, metrics = preference_step(
                         batch, unet=unet, reference=reference, vae=parts.vae,
@@ -223,6 +282,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                             "trainer.mixed_precision=bf16 or fp32, or check those rows.")
                     accelerator.backward(loss / t_cfg.grad_accum)
                 records.append({"loss": loss.detach(), **metrics})
+                if t_cfg.get("log_sample_indices"):
+                    step_indices.extend(batch["indices"].tolist())
             max_norm = t_cfg.max_grad_norm if t_cfg.max_grad_norm else float("inf")
             grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
             optimizer.step()
@@ -233,16 +294,18 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             record = {"step": step, **mean_metrics(records), "lr": lr_scheduler.get_last_lr()[0],
                       "grad_norm": to_float(grad_norm), "skipped_rows": skipped_rows,
                       "epoch": position["epoch"], "step_time": time.perf_counter() - started}
+            if t_cfg.get("log_sample_indices"):  # which pairs the step saw, over all processes
+                record["indices"] = sorted(i for part in gather_object([step_indices]) for i in part)
             writer.write(record)
             if step % t_cfg.log_every == 0:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                accelerator.log({k: v for k, v in record.items() if k not in ("step", "indices")}, step=step)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped_rows)
 
             if t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0 and step < t_cfg.max_steps:
                 state = {"step": step, "epoch": position["epoch"], "batch_in_epoch": position["batch"],
                          "skipped_rows": skipped_rows}
-                last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, generator, t_cfg.keep_last)
+                last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, t_cfg.keep_last)
             if t_cfg.stop_after_steps and step >= t_cfg.stop_after_steps:
                 log.info("trainer.stop_after_steps=%d reached: stopping (resume with trainer.resume=latest)", step)
                 return run_dir / "final"

@@ -111,5 +111,19 @@ def test_sampler_and_loader_arguments():
     assert list(sampler) == list(range(10)) and len(sampler) == 10
     shuffled = EpochSampler(dataset, seed=0)
     assert sorted(shuffled) == list(range(10)) and list(shuffled) == list(shuffled)
-    with pytest.raises(ValueError, match="fewer than batch_size 16"):
+    with pytest.raises(ValueError, match=r"fewer than the global batch 16 \(batch_size 16 x 1 processes\)"):
         build_dataloader(dataset, batch_size=16, seed=0)
+    with pytest.raises(ValueError, match="global batch 12"):
+        build_dataloader(dataset, batch_size=6, seed=0, num_processes=2)
+
+
+def test_epoch_is_cut_to_whole_global_batches():
+    """With N processes accelerate deals batches out in turn; an epoch of whole global batches means
+    no process pads its last round with batches from the epoch's start."""
+    cut = EpochSampler(list(range(15)), seed=3, multiple_of=4)
+    order = list(cut)
+    assert len(cut) == len(order) == 12 and len(set(order)) == 12
+    assert order == list(EpochSampler(list(range(15)), seed=3))[:12]  # the same permutation, tail dropped
+    loader = build_dataloader(list(range(15)), batch_size=2, seed=0, num_processes=2,
+                              collate_fn=lambda items: items)
+    assert len(loader) == 6  # 3 rounds of 2 processes x 2 pairs
