@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
 
 def to_float(value) -> float:
     """Tensor / number -> python float (one host sync per logged value)."""
@@ -16,6 +18,17 @@ def mean_metrics(records: list[dict]) -> dict[str, float]:
     keys = {k for r in records for k in r}
     return {k: sum(to_float(r[k]) for r in records if k in r) / sum(1 for r in records if k in r)
             for k in sorted(keys)}
+
+
+def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """The mean of each metric over all processes (one small all-reduce), so a multi-process run
+    logs the loss of its global batch, as a single process with that batch would."""
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist()))
 
 
 class MetricsWriter:

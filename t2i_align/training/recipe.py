@@ -34,7 +34,8 @@ from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
 from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoint,
                                            register_unet_state_hooks, save_checkpoint)
-from t2i_align.training.metrics_log import MetricsWriter, flat_hparams, mean_metrics, to_float
+from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
+                                            to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
 from t2i_align.training.step import preference_step
 
@@ -291,7 +292,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            record = {"step": step, **mean_metrics(records), "lr": lr_scheduler.get_last_lr()[0],
+            record = {"step": step, **mean_over_processes(mean_metrics(records), accelerator),
+                      "lr": lr_scheduler.get_last_lr()[0],
                       "grad_norm": to_float(grad_norm), "skipped_rows": skipped_rows,
                       "epoch": position["epoch"], "step_time": time.perf_counter() - started}
             if t_cfg.get("log_sample_indices"):  # which pairs the step saw, over all processes
@@ -308,17 +310,21 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                 last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, t_cfg.keep_last)
             if t_cfg.stop_after_steps and step >= t_cfg.stop_after_steps:
                 log.info("trainer.stop_after_steps=%d reached: stopping (resume with trainer.resume=latest)", step)
+                accelerator.end_training()
                 return run_dir / "final"
+    except BaseException:
+        accelerator.end_training()  # finish the trackers' runs (and leave the process group)
+        raise
     finally:
         bar.close()
         writer.close()
-        accelerator.end_training()
 
     final = save_final(accelerator, unet, use_lora, parts.family, run_dir, info={
         "base_model": parts.source, "family": parts.family, "method": meth.name,
         "steps": step, "lora": use_lora, "resolution": resolution,
         "prediction_type": parts.prediction_type, "skipped_rows": skipped_rows})
     log.info("saved %s (%d steps, %d unreadable rows skipped)", final, step, skipped_rows)
+    accelerator.end_training()  # last: it also destroys the process group save_final synchronises on
     return final
 
 
