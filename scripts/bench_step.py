@@ -41,11 +41,19 @@ each pass) minus the RSS after loading the model parts: what training adds on to
 weights (reference copy, LoRA weights, gradients, AdamW state, activations). The bare pass goes
 first so that the step's peak is not hidden by memory the bare pass freed but malloc kept.
 
+Data source ("data" column): "images" runs the VAE on both images and the text encoders every step,
+as the papers' scripts do; "cache" reads the latent cache (t2i_align/data/latent_cache.py, built
+here for the same pairs) and has no VAE or text encoder loaded, as a data.cache.enabled=true run.
+Reference ("reference" column, --references): copy, cpu_offload (on CPU the same memory as copy:
+there is no device memory to save), adapters_off for LoRA. A last table gives the latent cache
+build throughput (--cache-pairs).
+
 Usage: python scripts/bench_step.py [--models tiny,small,toy] [--methods sft,mapo,dpo]
-       [--tunings full,lora] [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda]
+       [--tunings full,lora] [--sources images,cache] [--references auto,copy,cpu_offload]
+       [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda] [--cache-pairs 32]
        [--json PATH] [--no-subprocess]
-The defaults (5 timed + 2 warm-up steps) keep the full 12-row CPU run to a few minutes on 2
-cores; use --steps 10 or more for tighter medians on a quiet machine.
+E.g. the issue-7 table: --models small --methods sft,mapo,dpo --tunings full --references copy,cpu_offload.
+Use --steps 10 or more for tighter medians on a quiet machine.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ("tiny", "small", "toy")
 METHODS = ("sft", "mapo", "dpo", "dcpo", "inpo")  # the default rows
 TUNINGS = ("full", "lora")
+SOURCES = ("images", "cache")  # the step reads images (VAE + text encoders every step) or the latent cache
+REFERENCES = ("auto", "copy", "cpu_offload")  # full fine-tuning reference strategies (LoRA: adapters_off)
 SEED = 0
 ROW_TAG = "BENCH_ROW "  # prefix of the JSON line a --row child prints on stdout
 MEMORY_STEPS = 2  # untimed steps per loop for the peak-memory passes
@@ -172,6 +182,43 @@ def build_batch(num_pairs: int, resolution: int) -> dict:
     return collate_pairs([dataset[i] for i in range(num_pairs)])
 
 
+def build_cached_batch(parts, num_pairs: int, resolution: int, folder: Path, per_image_captions: bool) -> dict:
+    """The same pairs through the latent cache: built with the real builder (centre crop, flip
+    variants), read back through CachedPairs + collate_cached as a cached training run does."""
+    from t2i_align.data.generated import generated_pairs_table
+    from t2i_align.data.latent_cache import CachedPairs, build_latent_cache, collate_cached
+
+    table = generated_pairs_table(num_pairs=num_pairs, seed=SEED, size=max(64, resolution))
+    build_latent_cache(table, folder, {"bench": num_pairs, "resolution": resolution}, vae=parts.vae,
+                       text_encoders=parts.text_encoders, tokenizers=parts.tokenizers, family=parts.family,
+                       resolution=resolution, flip_variants=True, per_image_captions=per_image_captions,
+                       storage_dtype="float32")
+    dataset = CachedPairs(folder, random_flip=True, seed=SEED)
+    return collate_cached([dataset[i] for i in range(num_pairs)], dataset.captions,
+                          dataset.info["scaling_factor"], dataset.info["shift_factor"])
+
+
+def cache_build_throughput(model: str, pairs: int, device_name: str, folder: Path) -> dict:
+    """Pairs per second of building the latent cache (decode, crop, VAE on both images and the flip
+    variants, caption embeddings, shard write) and bytes stored per pair."""
+    import torch
+
+    from t2i_align.data.generated import generated_pairs_table
+    from t2i_align.data.latent_cache import build_latent_cache
+
+    device = torch.device(device_name)
+    parts, resolution = load_model(model, device)
+    table = generated_pairs_table(num_pairs=pairs, seed=SEED, size=max(64, resolution))
+    started = time.perf_counter()
+    build_latent_cache(table, folder, {"bench": pairs}, vae=parts.vae, text_encoders=parts.text_encoders,
+                       tokenizers=parts.tokenizers, family=parts.family, resolution=resolution, flip_variants=True,
+                       per_image_captions=False, storage_dtype="float16")
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    return {"model": model, "pairs": len(table), "seconds": seconds, "pairs_per_s": len(table) / seconds,
+            "bytes_per_pair": size / len(table), "resolution": resolution}
+
+
 @dataclass
 class Training:
     """What the recipe sets up before its loop: objective, UNet (+LoRA), reference."""
@@ -186,7 +233,7 @@ class Training:
     noising: dict  # preference_step's noising keywords (forward, or InPO's inversion settings)
 
 
-def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
+def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str = "auto") -> Training:
     """Attention backend, LoRA, reference: the same calls in the same order as run_training."""
     import torch
 
@@ -209,9 +256,9 @@ def setup_training(parts, method: str, tuning: str, tcfg, device) -> Training:
         torch.manual_seed(SEED)  # LoRA A matrices are drawn from the global RNG
         add_lora(unet, rank=tcfg.lora.rank, alpha=tcfg.lora.alpha, dropout=tcfg.lora.dropout,
                  target_modules=tuple(tcfg.lora.target_modules))
+    kind = resolve_reference_strategy("auto" if use_lora else reference, use_lora, objective.needs_reference)
+    reference = make_reference(unet, kind, dtype=None, device=device)  # fp32 run: no reference cast
     unet.to(device)
-    kind = resolve_reference_strategy(tcfg.reference, use_lora, objective.needs_reference)
-    reference = make_reference(unet, kind, dtype=None)  # fp32 run: no reference cast
     trainable = [p for p in unet.parameters() if p.requires_grad]
     return Training(objective, method_hparams(meth, parts.noise_scheduler), meth.get("captions") == "per_image",
                     unet, reference, kind, trainable, noising)
@@ -341,10 +388,21 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
     prompt, or per-image captions for DCPO), forward noising or (InPO) DDIM inversion."""
     import torch
 
-    from t2i_align.noising import forward_noise_pairs
     from t2i_align.training.step import build_conditioning, encode_latents
 
     uses_rejected = training.objective.uses_rejected
+    if "latent_mean_w" in batch:  # the latent cache: a posterior sample and cached embeddings only
+        from t2i_align.training.step import cached_conditioning, posterior_latents
+
+        mean, std = batch["latent_mean_w"], batch["latent_std_w"]
+        if uses_rejected:
+            mean, std = torch.cat([mean, batch["latent_mean_l"]]), torch.cat([std, batch["latent_std_l"]])
+        latents = posterior_latents(mean.to(device), std.to(device), generator, batch["scaling_factor"],
+                                    batch["shift_factor"])
+        latents_w, latents_l = latents.chunk(2) if uses_rejected else (latents, None)
+        cond = cached_conditioning(batch, None, uses_rejected, training.per_image_captions, parts.family,
+                                   resolution, device)
+        return _noise(parts, training, cond, latents_w, latents_l, generator)
     if uses_rejected:
         pixels = torch.cat([batch["pixels_w"], batch["pixels_l"]])
         latents_w, latents_l = encode_latents(parts.vae, pixels, generator).chunk(2)
@@ -357,6 +415,12 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
     cond = build_conditioning(captions_w, captions_l if uses_rejected else None, parts.text_encoders,
                               parts.tokenizers, parts.family, batch["original_sizes_w"],
                               batch["original_sizes_l"], batch["crop_top_left"], resolution, device)
+    return _noise(parts, training, cond, latents_w, latents_l, generator)
+
+
+def _noise(parts, training: Training, cond: dict, latents_w, latents_l, generator) -> dict:
+    from t2i_align.noising import forward_noise_pairs
+
     if training.noising["noising"] == "inversion":
         noisy, target, timesteps = invert_pairs(parts, training, cond, latents_w, latents_l, generator)
     else:
@@ -502,8 +566,13 @@ class RecipeStep:
 
 # ----------------------------------------------------------------------------------- one row
 
-def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup: int, device_name: str) -> dict:
-    """Measure one (model, method, tuning): bare loop, then recipe step loop, then encode alone."""
+def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup: int, device_name: str,
+            source: str = "images", reference: str = "auto") -> dict:
+    """Measure one (model, method, tuning, data source, reference strategy): bare loop, then recipe
+    step loop, then encode alone. source "cache": the batch comes from a latent cache built here,
+    and the VAE and text encoders are dropped before measuring (a cached run never loads them)."""
+    import tempfile
+
     import torch
 
     device = torch.device(device_name)
@@ -512,10 +581,16 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
     tcfg = trainer_defaults()
     parts, resolution = load_model(model, device)
     unet_params = sum(p.numel() for p in parts.unet.parameters())
-    batch = build_batch(pairs, resolution)
+    if source == "cache":
+        per_image = method_config(method).get("captions") == "per_image"
+        with tempfile.TemporaryDirectory() as folder:
+            batch = build_cached_batch(parts, pairs, resolution, Path(folder) / "cache", per_image)
+        parts.vae, parts.text_encoders = None, []
+    else:
+        batch = build_batch(pairs, resolution)
     baseline = memory.current()
 
-    training = setup_training(parts, method, tuning, tcfg, device)
+    training = setup_training(parts, method, tuning, tcfg, device, reference)
     generator = torch.Generator(device=device).manual_seed(SEED)
     with torch.no_grad():
         inputs = encode_inputs(parts, batch, training, resolution, device, generator)
@@ -554,7 +629,7 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
     bare.close()
     step_t, bare_t, encode_t = timing["step"], timing["bare"], timing["encode"]
     return {
-        "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind,
+        "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind, "source": source,
         "pairs": pairs, "resolution": resolution, "latent": list(inputs["noisy"].shape[-2:]),
         "unet_params_m": unet_params / 1e6,
         "trainable_params_m": sum(p.numel() for p in training.trainable) / 1e6,
@@ -570,9 +645,9 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
     }
 
 
-def run_row_subprocess(model: str, method: str, tuning: str, args) -> dict:
+def run_row_subprocess(model: str, method: str, tuning: str, source: str, reference: str, args) -> dict:
     """run_row in a fresh interpreter (clean memory accounting); returns its JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--row", f"{model}:{method}:{tuning}",
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--row", f"{model}:{method}:{tuning}:{source}:{reference}",
            "--pairs", str(args.pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -620,11 +695,12 @@ def markdown_table(rows: list[dict], in_process: bool = False) -> str:
              "InPO: its DDIM inversion (no-grad UNet forwards) is part of the method's bare compute; "
              "'inversion s' times it alone; 'encode s' includes it.",
              "",
-             "| model | method | tuning | reference | s/step | bare s/step | ratio | encode s | inversion s | peak MB "
-             "| bare peak MB | ratio of mins | CPU stall % |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | method | tuning | reference | data | s/step | bare s/step | ratio | encode s | inversion s "
+             "| peak MB | bare peak MB | ratio of mins | CPU stall % |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['reference']} | {r['step_s']:.3f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['reference']} | {r['source']} | "
+                     f"{r['step_s']:.3f} | "
                      f"{r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['encode_s']:.3f} | {r.get('inversion_s', 0):.3f} | "
                      f"{r['peak_mb']:.0f} | "
                      f"{r['bare_peak_mb']:.0f} | {r['ratio_min']:.2f}x | {stall_text(r)} |")
@@ -633,12 +709,12 @@ def markdown_table(rows: list[dict], in_process: bool = False) -> str:
 
 def phase_table(rows: list[dict]) -> str:
     """Where the time goes: median seconds per phase, step vs bare (step forward includes encode)."""
-    lines = ["| model | method | tuning | encode | fwd step / bare | bwd step / bare | clip (step) | "
+    lines = ["| model | method | tuning | data | encode | fwd step / bare | bwd step / bare | clip (step) | "
              "optim step / bare |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         s, b = r["step_phases"], r["bare_phases"]
-        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['encode_s']:.3f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['source']} | {r['encode_s']:.3f} | "
                      f"{s['forward']:.3f} / {b['forward']:.3f} | {s['backward']:.3f} / {b['backward']:.3f} | "
                      f"{s['clip']:.3f} | {s['optimizer']:.3f} / {b['optimizer']:.3f} |")
     return "\n".join(lines)
@@ -664,6 +740,16 @@ def summary_line(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------- main
 
+def row_references(method: str, tuning: str, references: list[str]) -> list[str]:
+    """The reference strategies to measure for a row: only full fine-tuning of a method with a
+    reference has a choice (LoRA uses adapters_off, SFT / MaPO none)."""
+    from t2i_align.objectives import get_objective
+
+    if tuning == "lora" or not get_objective(method_config(method).objective).needs_reference:
+        return ["auto"]
+    return references
+
+
 def split_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in items if item not in allowed]
@@ -678,6 +764,13 @@ def parse_args(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), type=lambda s: split_list(s, MODELS, "models"))
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: split_list(s, METHODS, "methods"))
     parser.add_argument("--tunings", default=",".join(TUNINGS), type=lambda s: split_list(s, TUNINGS, "tunings"))
+    parser.add_argument("--sources", default="images,cache", type=lambda s: split_list(s, SOURCES, "sources"),
+                        help="where the step reads pairs: images (VAE + text encoders every step) and/or the latent cache")
+    parser.add_argument("--references", default="auto", type=lambda s: split_list(s, REFERENCES, "references"),
+                        help="reference strategies of full fine-tuning rows of DPO-family methods "
+                             "(auto = copy; LoRA rows always use adapters_off)")
+    parser.add_argument("--cache-pairs", type=int, default=32,
+                        help="pairs in the cache-build throughput measurement (0: skip it)")
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (micro-batch size)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per loop (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
@@ -696,22 +789,30 @@ def main(argv=None) -> list[dict]:
     """Benchmark every requested row, print the tables, optionally write JSON; returns the rows."""
     args = parse_args(argv)
     if args.row:  # child mode: one row, one JSON line
-        model, method, tuning = args.row.split(":")
-        row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device)
+        model, method, tuning, source, reference = args.row.split(":")
+        row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference)
         print(ROW_TAG + json.dumps(row), flush=True)
         return [row]
 
     started = time.perf_counter()
-    combos = [(m, meth, t) for m in args.models for meth in args.methods for t in args.tunings]
+    combos = [(m, meth, t, src, ref) for m in args.models for meth in args.methods for t in args.tunings
+              for src in args.sources for ref in row_references(meth, t, args.references)]
     rows = []
-    for index, (model, method, tuning) in enumerate(combos, 1):
+    for index, (model, method, tuning, source, reference) in enumerate(combos, 1):
         if args.in_process:
-            row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device)
+            row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference)
         else:
-            row = run_row_subprocess(model, method, tuning, args)
+            row = run_row_subprocess(model, method, tuning, source, reference, args)
         rows.append(row)
-        print(f"[{index}/{len(combos)}] {model} {method} {tuning}: step {row['step_s']:.3f} s, "
-              f"bare {row['bare_s']:.3f} s, ratio {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+        print(f"[{index}/{len(combos)}] {model} {method} {tuning} {source} {row['reference']}: step "
+              f"{row['step_s']:.3f} s, bare {row['bare_s']:.3f} s, ratio {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+    throughput = []
+    if args.cache_pairs:
+        import tempfile
+
+        for model in args.models:
+            with tempfile.TemporaryDirectory() as folder:
+                throughput.append(cache_build_throughput(model, args.cache_pairs, args.device, Path(folder) / "c"))
 
     print(machine_line(rows, args))
     print()
@@ -722,12 +823,23 @@ def main(argv=None) -> list[dict]:
     print("Time split (median s per phase; step forward = preference_step, i.e. includes encode):")
     print()
     print(phase_table(rows))
+    if throughput:
+        print()
+        print("Latent cache build (decode + centre crop + VAE on both images and their flips + caption "
+              "embeddings + fp16 shard write):")
+        print()
+        print("| model | pairs | s | pairs/s | KB per pair |")
+        print("|---|---:|---:|---:|---:|")
+        for t in throughput:
+            print(f"| {t['model']} | {t['pairs']} | {t['seconds']:.2f} | {t['pairs_per_s']:.1f} | "
+                  f"{t['bytes_per_pair'] / 1024:.1f} |")
     elapsed = time.perf_counter() - started
     print()
     print(f"Total benchmark wall time: {elapsed:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_line(rows, args), "wall_s": elapsed,
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                         "cache_build": throughput},
                                         indent=2))
     return rows
 

@@ -20,7 +20,7 @@ def test_bench_step_tiny_dpo_in_process(tmp_path, capsys):
     bench = load_bench()
     out_json = tmp_path / "bench.json"
     rows = bench.main(["--models", "tiny", "--methods", "dpo,inpo", "--tunings", "lora", "--steps", "1", "--warmup", "1",
-                       "--no-subprocess", "--json", str(out_json)])
+                       "--sources", "images", "--cache-pairs", "0", "--no-subprocess", "--json", str(out_json)])
     printed = capsys.readouterr().out
 
     assert [(r["method"], r["reference"]) for r in rows] == [("dpo", "adapters_off"), ("inpo", "adapters_off")]
@@ -32,8 +32,8 @@ def test_bench_step_tiny_dpo_in_process(tmp_path, capsys):
     table_rows = [line for line in printed.splitlines() if line.startswith("| tiny | dpo |")]
     assert len(table_rows) == 2  # main table + phase table
     cells = [c.strip() for c in table_rows[0].strip("|").split("|")]
-    assert cells[:4] == ["tiny", "dpo", "lora", "adapters_off"]
-    assert float(cells[6].rstrip("x")) > 0  # ratio column
+    assert cells[:5] == ["tiny", "dpo", "lora", "adapters_off", "images"]
+    assert float(cells[7].rstrip("x")) > 0  # ratio column
     assert "Machine: torch" in printed
 
     # InPO's inversion is timed on its own and is part of its bare compute
@@ -44,3 +44,22 @@ def test_bench_step_tiny_dpo_in_process(tmp_path, capsys):
 
     saved = json.loads(out_json.read_text())
     assert len(saved["rows"]) == 2 and saved["rows"][0]["ratio"] > 0
+
+
+def test_bench_step_cache_rows_reference_strategies_and_build_throughput(tmp_path, capsys):
+    bench = load_bench()
+    rows = bench.main(["--models", "tiny", "--methods", "dpo", "--tunings", "full", "--steps", "1", "--warmup", "1",
+                       "--sources", "images,cache", "--references", "copy,cpu_offload", "--cache-pairs", "4",
+                       "--no-subprocess", "--json", str(tmp_path / "b.json")])
+    printed = capsys.readouterr().out
+    assert [(r["source"], r["reference"]) for r in rows] == [
+        ("images", "copy"), ("images", "cpu_offload"), ("cache", "copy"), ("cache", "cpu_offload")]
+    for row in rows:
+        assert row["step_s"] > 0 and row["bare_s"] > 0 and row["latent"] == [16, 16]
+    images, cache = rows[0], rows[2]
+    assert cache["encode_s"] < images["encode_s"]  # no VAE / text encoder in the cached step
+    build = json.loads((tmp_path / "b.json").read_text())["cache_build"]
+    assert len(build) == 1 and build[0]["pairs"] == 4 and build[0]["pairs_per_s"] > 0
+    assert build[0]["bytes_per_pair"] > 4 * 16 * 16 * 2 * 2  # fp16 mean + std of two 4x16x16 latents, at least
+    assert "| tiny | dpo | full | cpu_offload | cache |" in printed
+    assert "Latent cache build" in printed and "| tiny | 4 |" in printed

@@ -264,7 +264,8 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
             with safe_open(str(shard_dir / _shard_name(k, num_shards)), framework="pt") as f:
                 valid += int(f.get_tensor("valid").sum())
         info = {"rows": num_rows, "valid_rows": valid, "skipped_rows": num_rows - valid, "shards": num_shards,
-                "shard_size": shard_size, "captions": len(captions),
+                "shard_size": shard_size, "captions": len(captions), "flip_variants": bool(flip_variants),
+                "per_image_captions": bool(per_image_captions), "resolution": int(resolution),
                 "scaling_factor": float(vae.config.scaling_factor),
                 "shift_factor": getattr(vae.config, "shift_factor", None), "key_hash": key_hash(key)}
         _atomic_write_text(folder / "cache_info.json", json.dumps(info, indent=2))
@@ -290,7 +291,7 @@ class CachedPairs(torch.utils.data.Dataset):
         self.folder = folder
         self.info = json.loads(info_path.read_text())
         self.key = json.loads((folder / "cache_key.json").read_text())
-        if random_flip and not self.key["flip_variants"]:
+        if random_flip and not self.info["flip_variants"]:
             raise ValueError(f"data.random_flip=true, but the latent cache {folder} holds no flipped variants; "
                              "set data.cache.flip_variants=true (a new cache) or data.random_flip=false")
         self.random_flip = random_flip
