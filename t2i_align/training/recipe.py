@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -119,6 +119,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     use_lora = bool(t_cfg.lora.enabled)
 
     accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and t_cfg.grad_accum > 1:
+        raise ValueError("under DeepSpeed the engine accumulates gradients: set trainer.grad_accum=1 and "
+                         "gradient_accumulation_steps in the accelerate config (scripts/launch/accelerate/zero2.yaml)")
     # Each process composed its own run_dir; a default built from ${now:...} can differ by a
     # second between ranks, so every rank takes the main process's.
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])
@@ -294,7 +297,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
 
             record = {"step": step, **mean_over_processes(mean_metrics(records), accelerator),
                       "lr": lr_scheduler.get_last_lr()[0],
-                      "grad_norm": to_float(grad_norm), "skipped_rows": skipped_rows,
+                      # DeepSpeed clips inside its engine and reports no norm
+                      "grad_norm": to_float(grad_norm) if grad_norm is not None else float("nan"),
+                      "skipped_rows": skipped_rows,
                       "epoch": position["epoch"], "step_time": time.perf_counter() - started}
             if t_cfg.get("log_sample_indices"):  # which pairs the step saw, over all processes
                 record["indices"] = sorted(i for part in gather_object([step_indices]) for i in part)
