@@ -89,6 +89,26 @@ def micro_batches(dataloader, dataset, position: dict, accelerator):
         position["batch"] = 0
 
 
+def resolve_data_path(d_cfg, m_cfg) -> str | None:
+    """data.path, or (data.build=<preset> with no data.path) the preset built with this model on
+    first use."""
+    if d_cfg.path is None and d_cfg.get("build"):
+        from t2i_align.data.builders.ensure import ensure_built
+
+        return str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or [])))
+    return d_cfg.path
+
+
+def load_table(d_cfg, data_path, seed: int):
+    """The canonical pair table of the data config (tables.load_pair_table with its keys)."""
+    return load_pair_table(d_cfg.source, data_path, split=d_cfg.split, caption_column=d_cfg.caption_column,
+                           image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
+                           drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
+                           num_generated=d_cfg.num_generated, seed=seed,
+                           image_caption_columns=d_cfg.image_caption_columns,
+                           image_caption_order=d_cfg.image_caption_order)
+
+
 def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_captions: bool, vae_dtype,
                           seed: int) -> tuple[dict, Path]:
     """(key, folder) of the latent cache for this model and data (data.cache.dir or automatic)."""
@@ -134,12 +154,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     device = accelerator.device
     weight_dtype = DTYPES[t_cfg.mixed_precision]
 
-    # Data location (data.build=<preset> with no data.path: the preset is built with this model on first use)
-    data_path = d_cfg.path
-    if data_path is None and d_cfg.get("build"):
-        from t2i_align.data.builders.ensure import ensure_built
-
-        data_path = str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or [])))
+    data_path = resolve_data_path(d_cfg, m_cfg)
     resolution = int(d_cfg.resolution or m_cfg.resolution)
     per_image_captions = meth.captions == "per_image"
     vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
@@ -177,13 +192,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     for encoder in parts.text_encoders:
         encoder.to(device, dtype=weight_dtype)
 
-    table = load_pair_table(d_cfg.source, data_path, split=d_cfg.split,
-                            caption_column=d_cfg.caption_column,
-                            image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
-                            drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
-                            num_generated=d_cfg.num_generated, seed=t_cfg.seed,
-                            image_caption_columns=d_cfg.image_caption_columns,
-                            image_caption_order=d_cfg.image_caption_order)
+    table = load_table(d_cfg, data_path, t_cfg.seed)
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion

@@ -200,3 +200,27 @@ def test_multi_process_build_splits_shards(tmp_path):
         for k in a:
             torch.testing.assert_close(a[k], b[k])
     assert Path(split / "cache_info.json").is_file()
+
+
+def test_cache_command_builds_what_training_reads(tmp_path, monkeypatch):
+    """python -m t2i_align.cache_latents takes the training config; the training run then finds the
+    cache complete and loads neither VAE nor text encoders."""
+    import subprocess
+    import sys
+
+    from t2i_align.training import recipe
+    from tests.training.helpers import TINY_CLI
+
+    folder = tmp_path / "cache"
+    args = [*TINY_CLI, "data.num_generated=16", "data.cache.dtype=float32", f"data.cache.dir={folder}"]
+    done = subprocess.run([sys.executable, "-m", "t2i_align.cache_latents", *args], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"latent cache: {folder}" in done.stdout and "15 pairs (0 unreadable skipped)" in done.stdout
+    loaded = []
+    real = recipe.load_parts
+    monkeypatch.setattr(recipe, "load_parts", lambda *a, **k: loaded.append(k["with_vae"]) or real(*a, **k))
+    run, _ = train(tmp_path / "run", [*CACHE, "trainer.max_steps=1", "data.cache.enabled=true",
+                                      f"data.cache.dir={folder}"])
+    assert loaded == [False] and len(read_metrics(run)) == 1
