@@ -51,7 +51,8 @@ def build_cache(cfg: DictConfig) -> str:
                        tokenizers=parts.tokenizers, family=parts.family, resolution=resolution,
                        flip_variants=d_cfg.cache.flip_variants, per_image_captions=per_image,
                        storage_dtype=d_cfg.cache.dtype, shard_size=d_cfg.cache.shard_size,
-                       batch_size=d_cfg.cache.batch_size, process_index=state.process_index,
+                       batch_size=d_cfg.cache.batch_size, store_std=d_cfg.cache.get("store_std", True),
+                       process_index=state.process_index,
                        num_processes=state.num_processes, wait=state.wait_for_everyone)
     seconds = time.perf_counter() - started
     if state.is_main_process:

@@ -7,6 +7,7 @@ once. What is stored, per table row (chosen image first, as PreferencePairs retu
 - the VAE posterior's mean and std of both images (not a sample: training still draws the
   posterior sample each step, through the same function as the image path, so the two paths
   give the same latents for the same random stream), centre-cropped at the training resolution;
+  with store_std=False only the mean (half the storage; training then uses the posterior mean);
   with flip variants also those of the horizontally flipped crop;
 - SDXL micro-conditioning (original sizes, crop corner, and the crop corner of the flipped crop);
 - an id into a table of unique caption embeddings (encoder hidden states, and the pooled
@@ -64,13 +65,13 @@ def weights_signature(model_path: str | None) -> list:
 
 def cache_key(*, model_path: str, vae_path: str | None, revision, variant, family: str, resolution: int,
               flip_variants: bool, per_image_captions: bool, storage_dtype: str, vae_dtype: str,
-              data: dict, table_fingerprint: str | None = None) -> dict:
+              data: dict, table_fingerprint: str | None = None, store_std: bool = True) -> dict:
     """Everything that changes the cache's content, as a JSON-able dict."""
     return {"format": CACHE_FORMAT, "model": model_path, "model_weights": weights_signature(model_path),
             "vae": vae_path, "vae_weights": weights_signature(vae_path) if vae_path else None,
             "revision": revision, "variant": variant, "family": family, "resolution": int(resolution),
             "crop": "center", "flip_variants": bool(flip_variants), "per_image_captions": bool(per_image_captions),
-            "storage_dtype": storage_dtype, "vae_dtype": vae_dtype, "data": data,
+            "storage_dtype": storage_dtype, "store_std": bool(store_std), "vae_dtype": vae_dtype, "data": data,
             "table_fingerprint": table_fingerprint}
 
 
@@ -137,7 +138,7 @@ def _pair_images(row: dict, index: int, per_image_captions: bool):
 
 @torch.no_grad()
 def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bool, per_image_captions: bool,
-                  caption_ids: dict, storage_dtype, batch_size: int) -> dict:
+                  caption_ids: dict, storage_dtype, batch_size: int, store_std: bool = True) -> dict:
     """The tensors of one shard (rows in table order; unreadable rows have valid = 0)."""
     from t2i_align.training.step import encode_posterior
 
@@ -160,7 +161,7 @@ def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bo
             mean, std = encode_posterior(vae, pixels)
             mean, std = mean.to("cpu", storage_dtype), std.to("cpu", storage_dtype)
             n = len(pending)
-            for name, value in (("mean", mean), ("std", std)):
+            for name, value in (("mean", mean), ("std", std))[:2 if store_std else 1]:
                 for side, part in (("w", value[:n]), ("l", value[n:])):
                     key = f"latent_{name}_{side}{suffix}"
                     if key not in out:
@@ -214,6 +215,7 @@ def _encode_captions(captions: list[str], text_encoders, tokenizers, family: str
 def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenizers, family: str,
                        resolution: int, flip_variants: bool, per_image_captions: bool,
                        storage_dtype: str = "float16", shard_size: int = 1024, batch_size: int = 16,
+                       store_std: bool = True,
                        process_index: int = 0, num_processes: int = 1, wait=lambda: None) -> Path:
     """Build (or finish) the cache of `table` in `folder`. Every process calls it; shard k is
     encoded by process k mod num_processes; `wait` is a barrier (accelerator.wait_for_everyone).
@@ -252,7 +254,7 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
         rows = range(k * shard_size, min(num_rows, (k + 1) * shard_size))
         tensors = _encode_shard(table, rows, vae=vae, resolution=resolution, flip_variants=flip_variants,
                                 per_image_captions=per_image_captions, caption_ids=ids, storage_dtype=dtype,
-                                batch_size=batch_size)
+                                batch_size=batch_size, store_std=store_std)
         _atomic_save(tensors, path)
         log.info("latent cache: shard %d/%d written (%d rows)", k + 1, num_shards, len(rows))
     wait()
@@ -266,6 +268,7 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
         info = {"rows": num_rows, "valid_rows": valid, "skipped_rows": num_rows - valid, "shards": num_shards,
                 "shard_size": shard_size, "captions": len(captions), "flip_variants": bool(flip_variants),
                 "per_image_captions": bool(per_image_captions), "resolution": int(resolution),
+                "store_std": bool(store_std),
                 "scaling_factor": float(vae.config.scaling_factor),
                 "shift_factor": getattr(vae.config, "shift_factor", None), "key_hash": key_hash(key)}
         _atomic_write_text(folder / "cache_info.json", json.dumps(info, indent=2))
@@ -335,8 +338,10 @@ class CachedPairs(torch.utils.data.Dataset):
             rng = random.Random(f"t2i_align:{self.seed}:{self.epoch}:{index}")
             flip = rng.random() < 0.5
         suffix = "_flip" if flip else ""
-        item = {name: row(f"{name}{suffix}") for name in
-                ("latent_mean_w", "latent_std_w", "latent_mean_l", "latent_std_l")}
+        item = {name: row(f"{name}{suffix}") for name in ("latent_mean_w", "latent_mean_l")}
+        for side in ("w", "l"):  # without stored std the posterior mean is used (std 0)
+            item[f"latent_std_{side}"] = (row(f"latent_std_{side}{suffix}") if self.info.get("store_std", True)
+                                          else torch.zeros_like(item[f"latent_mean_{side}"]))
         cw, cl = int(row("caption_w")), int(row("caption_l"))
         item["hidden_w"], item["hidden_l"] = self.captions["hidden"][cw], self.captions["hidden"][cl]
         if "pooled" in self.captions:

@@ -18,8 +18,13 @@ TOY_WEIGHTS = pathlib.Path(__file__).parent / "weights"
 TOY_RESOLUTION = 32
 TOKEN_LENGTH = 16  # the toy captions are short; the pipeline accepts a shorter model_max_length
 TE1_HIDDEN, TE2_HIDDEN, TIME_EMBED_DIM = 32, 64, 8
+# Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"):
+# SD's scaled-linear schedule keeps sqrt(abar_999) = 0.068 of the image at the last step, so the
+# starting noise's mean leaks into the global brightness, which is exactly what the toy style is.
+# Rescaled betas + v-prediction + trailing timesteps let the prompt, not the noise, pick the style.
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        steps_offset=1, prediction_type="epsilon", timestep_spacing="leading")
+                        steps_offset=1, prediction_type="v_prediction", timestep_spacing="trailing",
+                        rescale_betas_zero_snr=True)
 
 
 def toy_vae(scaling_factor: float = 1.0):

@@ -120,7 +120,8 @@ def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_ca
     key = cache_key(model_path=m_cfg.path, vae_path=m_cfg.vae_path, revision=m_cfg.revision, variant=m_cfg.variant,
                     family=m_cfg.family, resolution=resolution, flip_variants=d_cfg.cache.flip_variants,
                     per_image_captions=per_image_captions, storage_dtype=d_cfg.cache.dtype,
-                    vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None)
+                    vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None,
+                    store_std=d_cfg.cache.get("store_std", True))
     if d_cfg.random_crop:
         raise ValueError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
                          "(random crops need the images: data.cache.enabled=false)")
@@ -209,7 +210,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                                tokenizers=parts.tokenizers, family=parts.family, resolution=resolution,
                                flip_variants=cache_cfg.flip_variants, per_image_captions=per_image_captions,
                                storage_dtype=cache_cfg.dtype, shard_size=cache_cfg.shard_size,
-                               batch_size=cache_cfg.batch_size, process_index=accelerator.process_index,
+                               batch_size=cache_cfg.batch_size, store_std=cache_cfg.get("store_std", True),
+                               process_index=accelerator.process_index,
                                num_processes=accelerator.num_processes, wait=accelerator.wait_for_everyone)
             parts.vae, parts.text_encoders = None, []  # the loop reads the cache only: free them
         dataset = CachedPairs(cache_folder, random_flip=d_cfg.random_flip, seed=t_cfg.seed)

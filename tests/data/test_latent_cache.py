@@ -224,3 +224,25 @@ def test_cache_command_builds_what_training_reads(tmp_path, monkeypatch):
     run, _ = train(tmp_path / "run", [*CACHE, "trainer.max_steps=1", "data.cache.enabled=true",
                                       f"data.cache.dir={folder}"])
     assert loaded == [False] and len(read_metrics(run)) == 1
+
+
+def test_cache_without_std_trains_on_the_posterior_mean(tmp_path):
+    from t2i_align.models.loading import load_parts
+    from t2i_align.training.step import encode_posterior
+
+    table = _tiny_table(3)
+    parts = load_parts("tiny:sdxl")
+    folder = build_latent_cache(table, tmp_path / "c", {"k": 1}, vae=parts.vae, text_encoders=parts.text_encoders,
+                                tokenizers=parts.tokenizers, family="sdxl", resolution=32, flip_variants=False,
+                                per_image_captions=False, storage_dtype="float32", store_std=False)
+    from safetensors.torch import load_file
+
+    shard = load_file(next((folder / "shards").iterdir()))
+    assert "latent_mean_w" in shard and not any(k.startswith("latent_std") for k in shard)
+    item = CachedPairs(folder, random_flip=False)[0]
+    assert torch.count_nonzero(item["latent_std_w"]) == 0
+    from t2i_align.data.dataset import PreferencePairs
+
+    pair = PreferencePairs(table, resolution=32, random_crop=False, random_flip=False)[0]
+    mean, _ = encode_posterior(parts.vae, pair["pixels_w"][None])
+    torch.testing.assert_close(item["latent_mean_w"], mean[0], atol=1e-6, rtol=1e-6)
