@@ -53,22 +53,33 @@ class PreferencePairs(torch.utils.data.Dataset):
     def __getitem__(self, index) -> dict | None:
         """The pair at row `index`, or None (with a warning) if one of its images is unreadable."""
         index = int(index)
-        row = self.table[index]
-        caption = row["caption"]
-        captions = (row["caption_0"], row["caption_1"]) if self.has_image_captions else (caption, caption)
-        columns = ("jpg_0", "jpg_1")
-        if row["label_0"] == 0:  # jpg_1 preferred: put it first
-            columns, captions = columns[::-1], captions[::-1]
-        try:
-            image_w = decode_image(row[columns[0]], where=f"row {index}, column {columns[0]}")
-            image_l = decode_image(row[columns[1]], where=f"row {index}, column {columns[1]}")
-        except BadImageError as error:
-            logger.warning("skipping pair: %s", error)
+        found = read_pair(self.table[index], index, self.has_image_captions)
+        if found is None:
             return None
+        image_w, image_l, caption, caption_w, caption_l = found
         item = pair_transform(image_w, image_l, self.resolution, self.random_crop, self.random_flip,
                               self._rng(index))
-        item.update(caption=caption, caption_w=captions[0], caption_l=captions[1], index=index)
+        item.update(caption=caption, caption_w=caption_w, caption_l=caption_l, index=index)
         return item
+
+
+def read_pair(row: dict, index: int, image_captions: bool):
+    """(image_w, image_l, caption, caption_w, caption_l) of a table row with the preferred image
+    first (label_0 == 0 swaps images and per-image captions), or None, with a warning naming the
+    row and column, if an image is unreadable. Without `image_captions` both images get the
+    shared caption."""
+    caption = row["caption"]
+    captions = (row["caption_0"], row["caption_1"]) if image_captions else (caption, caption)
+    columns = ("jpg_0", "jpg_1")
+    if row["label_0"] == 0:  # jpg_1 preferred: put it first
+        columns, captions = columns[::-1], captions[::-1]
+    try:
+        image_w = decode_image(row[columns[0]], where=f"row {index}, column {columns[0]}")
+        image_l = decode_image(row[columns[1]], where=f"row {index}, column {columns[1]}")
+    except BadImageError as error:
+        logger.warning("skipping pair: %s", error)
+        return None
+    return image_w, image_l, caption, captions[0], captions[1]
 
 
 def collate_pairs(items: list) -> dict:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from t2i_align.data.images import BadImageError, decode_image
+from t2i_align.data.dataset import read_pair
 from t2i_align.data.transforms import short_side_size, pair_transform
 
 log = logging.getLogger("t2i_align.cache")
@@ -120,22 +120,6 @@ def _shard_name(k: int, n: int) -> str:
     return f"rows-{k:05d}-of-{n:05d}.safetensors"
 
 
-def _pair_images(row: dict, index: int, per_image_captions: bool):
-    """(image_w, image_l, caption_w, caption_l) of a table row, chosen first, or None if unreadable."""
-    caption = row["caption"]
-    captions = (row["caption_0"], row["caption_1"]) if per_image_captions else (caption, caption)
-    columns = ("jpg_0", "jpg_1")
-    if row["label_0"] == 0:
-        columns, captions = columns[::-1], captions[::-1]
-    try:
-        image_w = decode_image(row[columns[0]], where=f"row {index}, column {columns[0]}")
-        image_l = decode_image(row[columns[1]], where=f"row {index}, column {columns[1]}")
-    except BadImageError as error:
-        log.warning("latent cache: skipping pair: %s", error)
-        return None
-    return image_w, image_l, captions[0], captions[1]
-
-
 @torch.no_grad()
 def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bool, per_image_captions: bool,
                   caption_ids: dict, storage_dtype, batch_size: int, store_std: bool = True) -> dict:
@@ -170,10 +154,10 @@ def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bo
         pending.clear()
 
     for j, index in enumerate(rows):
-        found = _pair_images(table[index], index, per_image_captions)
+        found = read_pair(table[index], index, per_image_captions)
         if found is None:
             continue
-        image_w, image_l, caption_w, caption_l = found
+        image_w, image_l, _, caption_w, caption_l = found
         # Centre crop without flip (random_crop=False draws nothing from rng), as PreferencePairs does.
         item = pair_transform(image_w, image_l, resolution, False, False, random.Random(0))
         if flip_variants:
