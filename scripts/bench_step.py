@@ -51,7 +51,7 @@ build throughput (--cache-pairs).
 Usage: python scripts/bench_step.py [--models tiny,small,toy] [--methods sft,mapo,dpo]
        [--tunings full,lora] [--sources images,cache] [--references auto,copy,cpu_offload]
        [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda] [--cache-pairs 32]
-       [--json PATH] [--no-subprocess]
+       [--options compile,channels_last] [--json PATH] [--no-subprocess]
 E.g. the issue-7 table: --models small --methods sft,mapo,dpo --tunings full --references copy,cpu_offload.
 Use --steps 10 or more for tighter medians on a quiet machine.
 """
@@ -233,7 +233,8 @@ class Training:
     noising: dict  # preference_step's noising keywords (forward, or InPO's inversion settings)
 
 
-def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str = "auto") -> Training:
+def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str = "auto",
+                   options: tuple = ()) -> Training:
     """Attention backend, LoRA, reference: the same calls in the same order as run_training."""
     import torch
 
@@ -256,9 +257,13 @@ def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str
         torch.manual_seed(SEED)  # LoRA A matrices are drawn from the global RNG
         add_lora(unet, rank=tcfg.lora.rank, alpha=tcfg.lora.alpha, dropout=tcfg.lora.dropout,
                  target_modules=tuple(tcfg.lora.target_modules))
+    if "channels_last" in options:  # trainer.channels_last, as the recipe applies it
+        unet.to(memory_format=torch.channels_last)
     kind = resolve_reference_strategy("auto" if use_lora else reference, use_lora, objective.needs_reference)
     reference = make_reference(unet, kind, dtype=None, device=device)  # fp32 run: no reference cast
     unet.to(device)
+    if "compile" in options:  # trainer.compile: in place, after the reference copy
+        unet.compile()
     trainable = [p for p in unet.parameters() if p.requires_grad]
     return Training(objective, method_hparams(meth, parts.noise_scheduler), meth.get("captions") == "per_image",
                     unet, reference, kind, trainable, noising)
@@ -567,7 +572,7 @@ class RecipeStep:
 # ----------------------------------------------------------------------------------- one row
 
 def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup: int, device_name: str,
-            source: str = "images", reference: str = "auto") -> dict:
+            source: str = "images", reference: str = "auto", options: tuple = ()) -> dict:
     """Measure one (model, method, tuning, data source, reference strategy): bare loop, then recipe
     step loop, then encode alone. source "cache": the batch comes from a latent cache built here,
     and the VAE and text encoders are dropped before measuring (a cached run never loads them)."""
@@ -590,7 +595,7 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
         batch = build_batch(pairs, resolution)
     baseline = memory.current()
 
-    training = setup_training(parts, method, tuning, tcfg, device, reference)
+    training = setup_training(parts, method, tuning, tcfg, device, reference, options)
     generator = torch.Generator(device=device).manual_seed(SEED)
     with torch.no_grad():
         inputs = encode_inputs(parts, batch, training, resolution, device, generator)
@@ -630,6 +635,7 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
     step_t, bare_t, encode_t = timing["step"], timing["bare"], timing["encode"]
     return {
         "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind, "source": source,
+        "options": "+".join(options) or "-",
         "pairs": pairs, "resolution": resolution, "latent": list(inputs["noisy"].shape[-2:]),
         "unet_params_m": unet_params / 1e6,
         "trainable_params_m": sum(p.numel() for p in training.trainable) / 1e6,
@@ -648,6 +654,7 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
 def run_row_subprocess(model: str, method: str, tuning: str, source: str, reference: str, args) -> dict:
     """run_row in a fresh interpreter (clean memory accounting); returns its JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--row", f"{model}:{method}:{tuning}:{source}:{reference}",
+           "--options", ",".join(args.options),
            "--pairs", str(args.pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -695,12 +702,12 @@ def markdown_table(rows: list[dict], in_process: bool = False) -> str:
              "InPO: its DDIM inversion (no-grad UNet forwards) is part of the method's bare compute; "
              "'inversion s' times it alone; 'encode s' includes it.",
              "",
-             "| model | method | tuning | reference | data | s/step | bare s/step | ratio | encode s | inversion s "
-             "| peak MB | bare peak MB | ratio of mins | CPU stall % |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | method | tuning | reference | data | options | s/step | bare s/step | ratio | encode s "
+             "| inversion s | peak MB | bare peak MB | ratio of mins | CPU stall % |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['tuning']} | {r['reference']} | {r['source']} | "
-                     f"{r['step_s']:.3f} | "
+                     f"{r.get('options', '-')} | {r['step_s']:.3f} | "
                      f"{r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['encode_s']:.3f} | {r.get('inversion_s', 0):.3f} | "
                      f"{r['peak_mb']:.0f} | "
                      f"{r['bare_peak_mb']:.0f} | {r['ratio_min']:.2f}x | {stall_text(r)} |")
@@ -769,6 +776,8 @@ def parse_args(argv=None):
     parser.add_argument("--references", default="auto", type=lambda s: split_list(s, REFERENCES, "references"),
                         help="reference strategies of full fine-tuning rows of DPO-family methods "
                              "(auto = copy; LoRA rows always use adapters_off)")
+    parser.add_argument("--options", default="", type=lambda s: [o for o in s.split(",") if o],
+                        help="UNet options for every row: compile (trainer.compile), channels_last")
     parser.add_argument("--cache-pairs", type=int, default=32,
                         help="pairs in the cache-build throughput measurement (0: skip it)")
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (micro-batch size)")
@@ -790,7 +799,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.row:  # child mode: one row, one JSON line
         model, method, tuning, source, reference = args.row.split(":")
-        row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference)
+        row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference,
+                      tuple(args.options))
         print(ROW_TAG + json.dumps(row), flush=True)
         return [row]
 
@@ -800,7 +810,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for index, (model, method, tuning, source, reference) in enumerate(combos, 1):
         if args.in_process:
-            row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference)
+            row = run_row(model, method, tuning, args.pairs, args.steps, args.warmup, args.device, source, reference,
+                          tuple(args.options))
         else:
             row = run_row_subprocess(model, method, tuning, source, reference, args)
         rows.append(row)
