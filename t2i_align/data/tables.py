@@ -112,7 +112,7 @@ def _load_parquet(files: list[str], where: str, caption_column, image_columns, l
     except Exception as error:
         raise ValueError(f"{files[0]}: cannot read parquet schema: {error}") from error
     _check_columns(found, where, caption_column, image_columns, label_column, image_caption_columns)
-    wanted = [caption_column, *image_columns, label_column, *(image_caption_columns or ())]
+    wanted = list(dict.fromkeys([caption_column, *image_columns, label_column, *(image_caption_columns or ())]))
     wanted += [name for name in PER_IMAGE_CAPTIONS if name in found and name not in wanted]
     return datasets.Dataset.from_parquet(files, columns=wanted, split="train")
 
@@ -170,8 +170,13 @@ def _canonical(table: datasets.Dataset, caption_column, image_columns, label_col
     """Keep the needed columns under canonical names; leave image columns undecoded."""
     mapping = {caption_column: "caption", image_columns[0]: "jpg_0", image_columns[1]: "jpg_1",
                label_column: "label_0"}
-    if image_caption_columns:
-        mapping.update({image_caption_columns[0]: "caption_0", image_caption_columns[1]: "caption_1"})
+    for source, new in zip(image_caption_columns or (), ("caption_0", "caption_1")):
+        if source in mapping:  # one column fills two canonical names (e.g. caption and caption_0): copy it
+            copy = f"__t2i_copy_{new}"
+            table = table.add_column(copy, list(table[source]))
+            mapping[copy] = new
+        else:
+            mapping[source] = new
     keep = list(mapping) + [c for c in PER_IMAGE_CAPTIONS if c in table.column_names and c not in mapping
                             and c not in mapping.values()]
     table = table.select_columns(keep)

@@ -163,3 +163,25 @@ def test_missing_image_caption_column_is_named(tmp_path):
     datasets.Dataset.from_dict(pickapic_rows()).save_to_disk(str(folder))
     with pytest.raises(MissingColumnError, match="caption_0.*data.image_caption_columns"):
         load_pair_table("pickapic", str(folder), image_caption_columns=("caption_0", "caption_1"))
+
+
+@pytest.mark.parametrize("save", ["parquet", "save_to_disk"])
+def test_caption_column_can_also_be_a_per_image_caption(tmp_path, save):
+    """The toy DCPO set: the chosen image keeps the shared prompt (caption_column = its per-image
+    caption column), the rejected one has its own column."""
+    rows = pickapic_rows()
+    n = len(rows["caption"])
+    rows["rejected_prompt"] = [f"plain style: prompt {i}" for i in range(n)]
+    if save == "parquet":
+        path = tmp_path / "pairs.parquet"
+        datasets.Dataset.from_dict(rows).to_parquet(str(path))
+    else:
+        path = tmp_path / "saved"
+        datasets.Dataset.from_dict(rows).save_to_disk(str(path))
+    table = load_pair_table("pickapic", str(path), drop_ties=False, image_caption_order="preference",
+                            image_caption_columns=("caption", "rejected_prompt"))
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert table["caption"] == [f"prompt {i}" for i in range(n)]
+    for i, label in enumerate(LABELS):
+        chosen, rejected = f"prompt {i}", f"plain style: prompt {i}"
+        assert (table[i]["caption_0"], table[i]["caption_1"]) == ((rejected, chosen) if label == 0 else (chosen, rejected))

@@ -25,5 +25,9 @@ def test_toy_sdxl_loads_with_diffusers_and_follows_prompts():
                          sum(colour_of(im) == parse_prompt(p)["colour"] for im, p in zip(images, prompts)) / len(images))
     neon_with_neon_prefix, _ = rates["neon style: "]
     neon_with_plain_prefix, colour_plain = rates["plain style: "]
-    assert neon_with_neon_prefix >= neon_with_plain_prefix + 0.2  # the prefix selects the style
-    assert colour_plain >= 0.6  # chance is 0.25
+    assert neon_with_neon_prefix >= 0.8 and neon_with_plain_prefix <= 0.1  # the prefix selects the style
+    assert colour_plain >= 0.8  # chance is 0.25
+    # the zero-terminal-SNR v-prediction schedule the trainer reads from the folder
+    config = pipe.scheduler.config
+    assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
+        "v_prediction", True, "trailing")
