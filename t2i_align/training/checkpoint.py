@@ -17,7 +17,6 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from t2i_align.models.lora import load_lora_trainable_state, lora_trainable_state, save_lora

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import shutil
 import time
