@@ -194,7 +194,7 @@ def build_cached_batch(parts, num_pairs: int, resolution: int, folder: Path, per
                        resolution=resolution, flip_variants=True, per_image_captions=per_image_captions,
                        storage_dtype="float32")
     dataset = CachedPairs(folder, random_flip=True, seed=SEED)
-    return collate_cached([dataset[i] for i in range(num_pairs)], dataset.captions,
+    return collate_cached([dataset[i] for i in range(num_pairs)], dataset.empty_captions,
                           dataset.info["scaling_factor"], dataset.info["shift_factor"])
 
 

@@ -284,13 +284,15 @@ class CachedPairs(torch.utils.data.Dataset):
         self.random_flip = random_flip
         self.seed = seed
         self.epoch = 0
-        from safetensors.torch import load_file
-
-        self.captions = load_file(str(folder / "captions.safetensors"))
         self._handles: dict = {}
         self._pid = None
         shard_dir = folder / "shards"
         self.shard_paths = [shard_dir / _shard_name(k, self.info["shards"]) for k in range(self.info["shards"])]
+        # The caption table is memory-mapped like the shards (SDXL: 0.3 MB per unique caption);
+        # only the empty prompt's embedding (caption dropout) is held in memory.
+        captions = self._open(folder / "captions.safetensors")
+        self.has_pooled = "pooled" in captions.keys()
+        self.empty_captions = {name: captions.get_slice(name)[0:1][0] for name in captions.keys()}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -298,21 +300,25 @@ class CachedPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.info["rows"]
 
-    def _shard(self, k: int):
+    def _open(self, path: Path):
+        """A safetensors handle per file and process (a forked DataLoader worker opens its own)."""
         from safetensors import safe_open
 
-        if self._pid != os.getpid():  # a forked worker: its own handles
+        if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
-        if k not in self._handles:
-            self._handles[k] = safe_open(str(self.shard_paths[k]), framework="pt")
-        return self._handles[k]
+        if path not in self._handles:
+            self._handles[path] = safe_open(str(path), framework="pt")
+        return self._handles[path]
+
+    def _caption(self, name: str, index: int) -> torch.Tensor:
+        return self._open(self.folder / "captions.safetensors").get_slice(name)[index:index + 1][0]
 
     def __getstate__(self):
         return {**self.__dict__, "_handles": {}, "_pid": None}
 
     def __getitem__(self, index) -> dict | None:
         index = int(index)
-        shard = self._shard(index // self.info["shard_size"])
+        shard = self._open(self.shard_paths[index // self.info["shard_size"]])
         j = index % self.info["shard_size"]
         row = lambda name: shard.get_slice(name)[j:j + 1][0]  # noqa: E731
         if int(row("valid")) == 0:
@@ -327,16 +333,17 @@ class CachedPairs(torch.utils.data.Dataset):
             item[f"latent_std_{side}"] = (row(f"latent_std_{side}{suffix}") if self.info.get("store_std", True)
                                           else torch.zeros_like(item[f"latent_mean_{side}"]))
         cw, cl = int(row("caption_w")), int(row("caption_l"))
-        item["hidden_w"], item["hidden_l"] = self.captions["hidden"][cw], self.captions["hidden"][cl]
-        if "pooled" in self.captions:
-            item["pooled_w"], item["pooled_l"] = self.captions["pooled"][cw], self.captions["pooled"][cl]
+        item["hidden_w"], item["hidden_l"] = self._caption("hidden", cw), self._caption("hidden", cl)
+        if self.has_pooled:
+            item["pooled_w"], item["pooled_l"] = self._caption("pooled", cw), self._caption("pooled", cl)
         item.update(original_size_w=row("original_size_w"), original_size_l=row("original_size_l"),
                     crop_top_left=row("crop_top_left_flip" if flip else "crop_top_left"), index=index)
         return item
 
 
-def collate_cached(items: list, captions: dict, scaling_factor: float, shift_factor) -> dict:
-    """Stack the good items of a batch (collate_pairs' contract for cached pairs)."""
+def collate_cached(items: list, empty_captions: dict, scaling_factor: float, shift_factor) -> dict:
+    """Stack the good items of a batch (collate_pairs' contract for cached pairs); `empty_captions`:
+    CachedPairs.empty_captions, the embedding caption dropout substitutes."""
     good = [item for item in items if item is not None]
     batch = {"size": len(good), "num_skipped": len(items) - len(good)}
     if not good:
@@ -346,8 +353,8 @@ def collate_cached(items: list, captions: dict, scaling_factor: float, shift_fac
         batch[name] = stack(name).float()
     if "pooled_w" in good[0]:
         batch["pooled_w"], batch["pooled_l"] = stack("pooled_w").float(), stack("pooled_l").float()
-        batch["empty_pooled"] = captions["pooled"][0].float()
-    batch["empty_hidden"] = captions["hidden"][0].float()
+        batch["empty_pooled"] = empty_captions["pooled"].float()
+    batch["empty_hidden"] = empty_captions["hidden"].float()
     batch.update(original_sizes_w=stack("original_size_w"), original_sizes_l=stack("original_size_l"),
                  crop_top_left=stack("crop_top_left"),
                  indices=torch.tensor([item["index"] for item in good], dtype=torch.long),

@@ -214,7 +214,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                                num_processes=accelerator.num_processes, wait=accelerator.wait_for_everyone)
             parts.vae, parts.text_encoders = None, []  # the loop reads the cache only: free them
         dataset = CachedPairs(cache_folder, random_flip=d_cfg.random_flip, seed=t_cfg.seed)
-        collate = functools.partial(collate_cached, captions=dataset.captions,
+        collate = functools.partial(collate_cached, empty_captions=dataset.empty_captions,
                                     scaling_factor=dataset.info["scaling_factor"],
                                     shift_factor=dataset.info["shift_factor"])
         log.info("training from the latent cache %s (%d rows, %d unreadable at build)", cache_folder,
