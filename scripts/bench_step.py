@@ -248,7 +248,8 @@ def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str
     noising = {"noising": meth.get("noising", "forward")}
     if noising["noising"] == "inversion":
         noising.update(inversion_steps=meth.inversion.steps, inversion_eta=meth.inversion.eta,
-                       inversion_model=meth.inversion.model)
+                       inversion_model=meth.inversion.model,
+                       inversion_evaluate_at=meth.inversion.get("evaluate_at", "destination"))
     objective = get_objective(meth.objective)
     use_lora = tuning == "lora"
     unet = parts.unet
@@ -436,7 +437,7 @@ def _noise(parts, training: Training, cond: dict, latents_w, latents_l, generato
 
 
 def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, generator):
-    """InPO's noising as preference_step does it: DDIM inversion by the policy (or reference)
+    """InPO's noising as preference_step does it: DDIM inversion by the reference (or policy)
     under no grad, conditioned like the loss pass. Its UNet forwards are compute any InPO
     implementation spends, so the bare loop runs them too."""
     import torch
@@ -453,7 +454,8 @@ def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, ge
 
     return inversion_noise_pairs(parts.noise_scheduler, latents_w, latents_l, predict, generator,
                                  parts.prediction_type, num_steps=settings["inversion_steps"],
-                                 eta=settings["inversion_eta"])
+                                 eta=settings["inversion_eta"],
+                                 evaluate_at=settings.get("inversion_evaluate_at", "destination"))
 
 
 class BareStep:

@@ -10,26 +10,34 @@ implies under the forward marginal q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_
 Chosen and rejected images therefore no longer share the noise; a pair still shares t.
 
 DDIM inversion step (Song et al. 2021, DDIM eq. 12 with sigma = 0, run from a lower noise level s to a
-higher one p; the same update ``DDIMInverseScheduler.step`` and prompt-to-prompt's ``next_step`` use):
+higher one p):
 
     x0_pred = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s)
-    x_p     = sqrt(abar_p) x0_pred + sqrt(1 - abar_p) eps,     eps = eps_theta(x_s, p)
+    x_p     = sqrt(abar_p) x0_pred + sqrt(1 - abar_p) eps,     eps = eps_theta(x_s, tau)
 
-The model is evaluated at the *destination* timestep p on the current latent x_s (the usual
-approximation eps_theta(x_p, p) ~ eps_theta(x_s, p); current diffusers ``DDIMInverseScheduler``,
-prompt-to-prompt / null-text inversion), so the last evaluation is at exactly t. A constant eps is
-inverted exactly: x_p = sqrt(abar_p) x_0 + sqrt(1 - abar_p) eps at every level.
+Where the model is evaluated (``evaluate_at``) is a convention, both approximating the ODE:
 
-What the released code does (github.com/JaydenLyh/InPO, train.py, inside the training loop, the
-``with torch.no_grad():`` block after the text encoding; read at commit a9cfc4de):
+* ``"destination"`` (default): tau = p, on the current latent x_s (eps_theta(x_p, p) ~ eps_theta(x_s, p);
+  current diffusers ``DDIMInverseScheduler``, prompt-to-prompt / null-text inversion). The last
+  evaluation is at exactly t.
+* ``"source"``: tau = s, the level the latent is at, which is what the released InPO code does
+  under the diffusers version it pins (below). The first step evaluates at timestep 0 on x_0.
 
-* Scheduler: ``DDIMInverseScheduler.from_pretrained(model, subfolder="scheduler")`` with
-  ``set_timesteps(10)``; with the SD 1.5 / SDXL configs (timestep_spacing "leading", steps_offset 1,
-  set_alpha_to_one False, clip_sample False) the grid is [1, 101, ..., 901], the same for every sample.
-* Steps: ``times = inverse_scheduler.timesteps[inverse_scheduler.timesteps < timesteps[0]]``, then for
-  each g in ``times``: ``noise_pred = unet(noisy_latents, g.repeat(bsz), prompt_embeds, ...)`` and
-  ``noisy_latents = inverse_scheduler.step(noise_pred, g, noisy_latents).prev_sample``. The start is
-  x_0 taken as the level-0 latent (``initial_alpha_cumprod = alphas_cumprod[0]``).
+A constant eps is inverted exactly under either: x_p = sqrt(abar_p) x_0 + sqrt(1 - abar_p) eps.
+
+What the released code does (github.com/JaydenLyh/InPO, train.py, the ``with torch.no_grad():``
+block after the text encoding; read at commit a9cfc4de), read against the diffusers it pins
+(requirements.txt: ``diffusers==0.20.0``):
+
+* Scheduler: ``DDIMInverseScheduler.from_pretrained(model, subfolder="scheduler")``, ``set_timesteps(10)``.
+  In 0.20.0 set_timesteps builds the leading grid [1, 101, ..., 901] and rolls it by one, giving
+  [-99, 1, 101, ..., 801]; ``step(out, g, x)`` goes from level g to level g + 100 (level -99 is the
+  start, ``initial_alpha_cumprod`` = alphas_cumprod[0] for the SD configs' set_alpha_to_one=False).
+* Steps: ``times = timesteps[timesteps < t]`` (t = the first pair's timestep), and for each g:
+  ``noise_pred = unet(x, g, ...)`` then ``x = step(noise_pred, g, x)``: the UNet is evaluated at the
+  SOURCE level g of each step (at g = -99 for the first one, a timestep outside the trained range).
+  So the latent ends on the smallest grid level >= t (levels 1, 101, ..., 901): t = 350 -> 401,
+  t = 101 -> 101, t <= 1 -> one step to level 1; for t > 901 it ends at 901, below t.
 * Model and conditioning: the *trainable* ``unet`` (policy, train mode, under no_grad), conditioned
   on the same text embedding as the loss pass: the prompt, or the empty prompt for the 20% of captions
   dropped by ``proportion_empty_prompts``, repeated for w and l (``.repeat(2, 1, 1)``); SDXL also with
@@ -38,35 +46,41 @@ What the released code does (github.com/JaydenLyh/InPO, train.py, inside the tra
 * eta: ``inversion_eta = 0.1`` hard-coded. After each step it adds
   ``inversion_eta * randn * noise_scheduler._get_variance(g + 1000 // 10, g) ** 0.5`` where
   ``_get_variance(s, p) = (1 - abar_p) / (1 - abar_s) * (1 - abar_s / abar_p)`` is DDIM's sigma^2 at
-  eta = 1 (DDIM eq. 16) for the interval p < s. The deterministic part is not rescaled.
+  eta = 1 (DDIM eq. 16): under 0.20.0's g -> g + 100 step, the interval just stepped.
 * Target: ``noise = (x_inv - sqrt(abar[timesteps[0]]) x_0) / sqrt(1 - abar[timesteps[0]])``, and the
   UNets are scored at ``timesteps``.
 
-Defects there, and what we do instead:
+(Run under a current diffusers, >= 0.22 after huggingface/diffusers#5145, the same loop behaves
+differently: the grid is no longer rolled, ``step`` maps g - 100 to g, the latent ends BELOW t, and
+t > 901 indexes alphas_cumprod[1001] in the eta term. That is not the released behaviour and is not
+described as such here.)
 
-1. Wrong level. With current diffusers (after huggingface/diffusers#5145, 2023; checked with 0.42.1)
-   ``step(out, g, x)`` maps level g - 100 to level g, so the loop ends on the largest grid point
-   *below* t (t = 350 -> 301, t = 901 -> 801); with the older ``step`` (g -> g + 100, the reading the
-   released eta term assumes) it ends on the grid point *above* t (t = 350 -> 401). Either way the
-   latent is scored, and eps_hat computed, at t. Here the per-sample grid ends exactly at t.
+Defects of the release, and what we do instead:
+
+1. Wrong level: the latent sits on a grid point other than t (t = 350 -> 401, t = 0 -> 1) but is scored,
+   and eps_hat computed, at t. Here the per-sample grid ends exactly at t.
 2. One t per batch: the grid and abar come from ``timesteps[0]``, so with more than one pair per
    device batch every other pair is inverted to the first pair's t. Here grids are per sample and all
    samples go through ONE batched model call per step.
-3. For t > 901 the noise term indexes ``alphas_cumprod[1001]`` (IndexError on CPU). Here the noise
-   of a step uses the interval of that step, which never leaves [0, T - 1].
-4. For t <= 1 the released loop does nothing (x_inv = x_0) and eps_hat = (1 - sqrt(abar_t)) x_0 /
-   sqrt(1 - abar_t), 0.015 x_0 (t = 0) or 0.021 x_0 (t = 1), not a noise. Here the start is the
-   clean latent at abar = 1 (the x_0 of q(x_t | x_0), DDIM's alpha_0 = 1), and the first step always
-   goes from it to the first grid level, so t = 0 gives eps_hat = eps_theta(x_0, 0).
-5. v-prediction (SD 2.1-768): the model output v is turned into an epsilon model at the timestep it
-   was evaluated at, eps = sqrt(abar_tau) v + sqrt(1 - abar_tau) x (Salimans & Ho 2022), and the
-   target is ``get_velocity(x_0, eps_hat, t)``.
+3. The first step evaluates the UNet at timestep -99. Here the start is the clean latent at abar = 1
+   (the x_0 of q(x_t | x_0), DDIM's alpha_0 = 1), and under ``evaluate_at="source"`` the first
+   evaluation is at timestep 0.
+4. v-prediction (SD 2.1-768) is refused by the release. Here the model output v is turned into an
+   epsilon model at the timestep it was evaluated at, eps = sqrt(abar_tau) v + sqrt(1 - abar_tau) x
+   (Salimans & Ho 2022), and the target is ``get_velocity(x_0, eps_hat, t)``.
+
+Which model inverts (``method.inversion.model``, chosen in the training step, not here): the release
+inverts with the trainable policy. Then x_t = Inv_theta(x_0) depends on theta while the gradient
+ignores it, and DPO's derivation (an expectation over an x_t distribution that does not depend on
+theta) no longer holds: in our toy world the policy "won" by corrupting its own inversions of the
+rejected images (the reference's error on them grew 18x, the neon rate stayed at 0.00 and colour fell
+0.97 -> 0.81), while inverting with the frozen reference learned (0.01 -> 0.83-0.88). The frozen
+reference is therefore the default; ``policy`` reproduces the release. At step 0 the two coincide.
 
 eta > 0 matches the released formula: after the deterministic step s -> p, add
 ``eta * sigma_{p->s} * z`` with sigma^2 = (1 - abar_s) / (1 - abar_p) * (1 - abar_p / abar_s), the
-sigma of the interval just stepped (the released ``_get_variance(g + 100, g)`` is that interval under
-its step-g-to-g+100 reading; with current diffusers it is the next interval up). It is 0 on the first
-step (abar_s = 1) and on zero-length steps. z is drawn from ``generator`` (or the global RNG).
+sigma of the interval just stepped. It is 0 on the first step (abar_s = 1) and on zero-length steps.
+z is drawn from ``generator`` (or the global RNG).
 """
 
 from __future__ import annotations
@@ -81,6 +95,7 @@ from t2i_align.noising.random import randn
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
+EVALUATE_AT = ("destination", "source")
 
 
 def _check_prediction_type(prediction_type: str) -> None:
@@ -133,9 +148,11 @@ def _to_epsilon(model_output: torch.Tensor, x: torch.Tensor, abar_tau: torch.Ten
 
 def _invert_float32(predict_fn: PredictFn, latents: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
                     prediction_type: str, num_steps: int, eta: float,
-                    generator: torch.Generator | None) -> torch.Tensor:
+                    generator: torch.Generator | None, evaluate_at: str = "destination") -> torch.Tensor:
     """DDIM inversion returning the float32 inverted latent (see ``ddim_invert``)."""
     _check_prediction_type(prediction_type)
+    if evaluate_at not in EVALUATE_AT:
+        raise ValueError(f"unknown inversion evaluate_at {evaluate_at!r}; choose one of {EVALUATE_AT}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if timesteps.shape != (latents.shape[0],):
@@ -154,8 +171,9 @@ def _invert_float32(predict_fn: PredictFn, latents: torch.Tensor, timesteps: tor
     for k in range(1, num_steps + 1):
         t_dst = grid[:, k]
         a_src, a_dst = _per_sample(abar_src, x), _per_sample(abar[t_dst], x)
-        out = predict_fn(x.to(latents.dtype), t_dst).float()
-        eps = _to_epsilon(out, x, a_dst, prediction_type)
+        t_eval = t_dst if evaluate_at == "destination" else grid[:, k - 1]  # source: the level x is at
+        out = predict_fn(x.to(latents.dtype), t_eval).float()
+        eps = _to_epsilon(out, x, _per_sample(abar[t_eval], x), prediction_type)
         x0_pred = (x - (1 - a_src).sqrt() * eps) / a_src.sqrt()
         x_new = a_dst.sqrt() * x0_pred + (1 - a_dst).sqrt() * eps
         if eta > 0:
@@ -172,7 +190,7 @@ def _invert_float32(predict_fn: PredictFn, latents: torch.Tensor, timesteps: tor
 @torch.no_grad()
 def ddim_invert(predict_fn: PredictFn, latents: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
                 prediction_type: str, num_steps: int = 10, eta: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, evaluate_at: str = "destination") -> torch.Tensor:
     """DDIM-invert clean latents x_0 [N, C, H, W] to each sample's own timestep t_i (no grad).
 
     predict_fn(x, t) returns the model output (epsilon or v, per ``prediction_type``) for a batch x
@@ -180,14 +198,16 @@ def ddim_invert(predict_fn: PredictFn, latents: torch.Tensor, timesteps: torch.T
     exactly ``num_steps`` times, each on the whole batch, with x in ``latents``' dtype. Step k goes from
     level ``grid[:, k-1]`` (the clean latent, abar = 1, for k = 1) to ``grid[:, k]`` with
     ``grid = inversion_grid(timesteps, num_steps)``, evaluating the model at the destination
-    timestep. The arithmetic is float32; the result has ``latents``' dtype.
+    timestep ``grid[:, k]`` (``evaluate_at="destination"``) or at the source ``grid[:, k-1]``
+    (``"source"``, the released InPO code's convention; timestep 0 for the first step). The
+    arithmetic is float32; the result has ``latents``' dtype.
 
     eta = 0 is deterministic DDIM inversion; eta > 0 adds eta * sigma_DDIM * z after each step as the
     released InPO code does (module docstring). v-prediction outputs are converted to epsilon with
     alphas_cumprod at the evaluated timestep.
     """
     x = _invert_float32(predict_fn, latents, timesteps, noise_scheduler, prediction_type, num_steps, eta,
-                        generator)
+                        generator, evaluate_at)
     return x.to(latents.dtype)
 
 
@@ -201,14 +221,14 @@ def implied_noise(x_t: torch.Tensor, latents: torch.Tensor, timesteps: torch.Ten
 
 def inversion_noise_pairs(noise_scheduler, latents_w: torch.Tensor, latents_l: torch.Tensor | None,
                           predict_fn: PredictFn, generator: torch.Generator, prediction_type: str,
-                          num_steps: int = 10, eta: float = 0.0):
+                          num_steps: int = 10, eta: float = 0.0, evaluate_at: str = "destination"):
     """InPO noising of preference pairs, with ``forward.forward_noise_pairs``' return convention.
 
     t ~ U{0, ..., T-1} is drawn once per pair with ``generator`` and shared by w and l; then
     x_inv = DDIM inversion of cat([latents_w, latents_l]) to those t (one batched ``predict_fn``
     call per step, so predict_fn sees [2B] latents, chosen first), eps_hat = implied noise of each
     image, target = eps_hat (epsilon) or get_velocity(x_0, eps_hat, t) (v_prediction). The eta noise,
-    if any, is drawn from ``generator`` after t.
+    if any, is drawn from ``generator`` after t. ``evaluate_at``: see ``ddim_invert``.
 
     Returns (noisy [2B], target [2B], timesteps [2B]), chosen first; with latents_l None only the
     chosen images ([B]). ``noise_scheduler.add_noise(x_0, eps_hat, t)`` reproduces ``noisy``.
@@ -224,7 +244,7 @@ def inversion_noise_pairs(noise_scheduler, latents_w: torch.Tensor, latents_l: t
         latents = latents_w
     with torch.no_grad():
         x_inv = _invert_float32(predict_fn, latents, timesteps, noise_scheduler, prediction_type, num_steps,
-                                eta, generator)
+                                eta, generator, evaluate_at)
         eps_hat = implied_noise(x_inv, latents, timesteps, noise_scheduler)  # float32, before any down-cast
         target = diffusion_target(noise_scheduler, latents.float(), eps_hat, timesteps, prediction_type)
     return x_inv.to(latents.dtype), target.to(latents.dtype), timesteps

@@ -25,6 +25,7 @@ from t2i_align.data.dataset import PreferencePairs, build_dataloader, collate_pa
 from t2i_align.data.latent_cache import (CachedPairs, build_latent_cache, cache_complete, cache_key, collate_cached,
                                         data_signature, default_cache_dir)
 from t2i_align.data.tables import load_pair_table
+from t2i_align.noising.ddim_inversion import EVALUATE_AT
 from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
@@ -198,7 +199,13 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         inv = meth.inversion
         if inv.model == "reference" and reference is None:
             raise ValueError("method.inversion.model=reference needs a method with a reference model")
-        noising_args.update(inversion_steps=inv.steps, inversion_eta=inv.eta, inversion_model=inv.model)
+        if inv.model not in ("reference", "policy"):
+            raise ValueError(f"method.inversion.model={inv.model!r}: choose reference (default) or policy (released)")
+        evaluate_at = inv.get("evaluate_at", "destination")
+        if evaluate_at not in EVALUATE_AT:
+            raise ValueError(f"method.inversion.evaluate_at={evaluate_at!r}: choose one of {EVALUATE_AT}")
+        noising_args.update(inversion_steps=inv.steps, inversion_eta=inv.eta, inversion_model=inv.model,
+                            inversion_evaluate_at=evaluate_at)
     if per_image_captions and not {"caption_0", "caption_1"} <= set(table.column_names):
         raise ValueError(f"method {meth.name} conditions each image on its own caption, but the data has no "
                          f"per-image captions (columns: {table.column_names}); set "

@@ -111,14 +111,17 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                     generator: torch.Generator, caption_dropout: float, resolution: int,
                     device, autocast, per_image_captions: bool = False, noising: str = "forward",
                     inversion_steps: int = 10, inversion_eta: float = 0.0,
-                    inversion_model: str = "policy") -> tuple[torch.Tensor, dict]:
+                    inversion_model: str = "reference",
+                    inversion_evaluate_at: str = "destination") -> tuple[torch.Tensor, dict]:
     """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
     per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
     the pair's shared prompt.
     noising: "forward" (shared t and noise per pair) or "inversion" (InPO: DDIM inversion in
-    `inversion_steps` steps with added noise `inversion_eta`, by the policy under no grad as
-    released, or by the reference), with the same conditioning as the loss pass.
+    `inversion_steps` steps with added noise `inversion_eta`, by the frozen reference (default) or
+    by the policy under no grad as released, with the model evaluated at each step's
+    `inversion_evaluate_at` level; noising/ddim_inversion.py says why the reference is the
+    default), with the same conditioning as the loss pass.
     """
     uses_rejected = objective.uses_rejected
     cached = "latent_mean_w" in batch  # a batch of the latent cache (data/latent_cache.py)
@@ -164,7 +167,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
 
         noisy, target, timesteps = inversion_noise_pairs(
             noise_scheduler, latents_w, latents_l, predict, generator, prediction_type,
-            num_steps=inversion_steps, eta=inversion_eta)
+            num_steps=inversion_steps, eta=inversion_eta, evaluate_at=inversion_evaluate_at)
     else:
         raise ValueError(f"unknown method.noising {noising!r}; choose one of {NOISINGS}")
     with autocast():

@@ -337,3 +337,67 @@ def test_tiny_v_unet_pairs_targets_are_velocities(sd21):
     torch.testing.assert_close(sched.add_noise(lat, eps_hat, t), noisy, rtol=0, atol=1e-5)
     torch.testing.assert_close(target, sched.get_velocity(lat, eps_hat, t), rtol=0, atol=1e-5)
     assert torch.equal(t[:2], t[2:])
+
+
+# ----------------------------------------------------------------------------- evaluation level
+
+
+@pytest.mark.parametrize("evaluate_at", ["destination", "source"])
+def test_model_is_evaluated_at_the_chosen_level(evaluate_at):
+    """destination: step k calls the model at grid[:, k]; source (the released code's convention
+    under diffusers 0.20.0): at grid[:, k-1], i.e. timestep 0 on the clean latent first."""
+    sched = scheduler()
+    t = torch.tensor([0, 7, 350, 999])
+    grid = inversion_grid(t, 5)
+    seen = []
+
+    def model(x, tt):
+        seen.append(tt.clone())
+        return torch.zeros_like(x)
+
+    ddim_invert(model, torch.randn(4, 4, 2, 2), t, sched, "epsilon", num_steps=5, evaluate_at=evaluate_at)
+    expected = [grid[:, k] if evaluate_at == "destination" else grid[:, k - 1] for k in range(1, 6)]
+    assert len(seen) == 5
+    for got, want in zip(seen, expected):
+        assert torch.equal(got, want)
+
+
+def test_one_source_step_by_hand():
+    """One step to t = 100 from x_0: x = sqrt(abar_100) x_0 + sqrt(1 - abar_100) eps(x_0, tau) with
+    tau = 0 (source) or 100 (destination); the model here returns tau + 1 everywhere."""
+    sched = scheduler()
+    x0 = torch.full((1, 1, 1, 1), 0.5)
+    t = torch.tensor([100])
+
+    def model(x, tt):
+        return (tt.float() + 1).view(-1, 1, 1, 1).expand_as(x)
+
+    a = sched.alphas_cumprod[100].item()
+    for evaluate_at, eps in [("source", 1.0), ("destination", 101.0)]:
+        x = ddim_invert(model, x0, t, sched, "epsilon", num_steps=1, evaluate_at=evaluate_at)
+        assert x.item() == pytest.approx(a ** 0.5 * 0.5 + (1 - a) ** 0.5 * eps, rel=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_constant_eps_inverts_exactly_at_the_source_level_too(prediction_type):
+    """The v output is converted to epsilon at the timestep it was evaluated at, so a constant eps
+    is still inverted exactly (and v-prediction equals epsilon) under the source convention."""
+    sched = scheduler(prediction_type)
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
+    t = torch.tensor([5, 420, 999])
+    x = ddim_invert(constant_eps_fn(eps, prediction_type, sched), x0, t, sched, prediction_type,
+                    num_steps=10, evaluate_at="source")
+    a = col(sched.alphas_cumprod[t])
+    torch.testing.assert_close(x, a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=0, atol=1e-5)
+
+
+def test_source_and_destination_differ_for_a_real_model_and_unknown_level_is_refused():
+    sched = scheduler()
+    g = torch.Generator().manual_seed(6)
+    x0, t = 0.5 * torch.randn(2, 4, 8, 8, generator=g), torch.tensor([300, 800])
+    dst = ddim_invert(gaussian_denoiser(sched), x0, t, sched, "epsilon", num_steps=10)
+    src = ddim_invert(gaussian_denoiser(sched), x0, t, sched, "epsilon", num_steps=10, evaluate_at="source")
+    assert rel_err(src, dst) > 1e-3
+    with pytest.raises(ValueError, match="evaluate_at"):
+        ddim_invert(gaussian_denoiser(sched), x0, t, sched, "epsilon", evaluate_at="middle")

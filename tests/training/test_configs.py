@@ -58,7 +58,8 @@ def test_dcpo_and_inpo_defaults():
     assert list(dcpo.data.image_caption_columns) == ["caption_0", "caption_1"]
     inpo = make_cfg(["+exp=inpo_sdxl"])
     assert inpo.method.noising == "inversion" and inpo.method.inversion.steps == 10
-    assert inpo.method.inversion.eta == 0.1 and inpo.method.inversion.model == "policy"
+    assert inpo.method.inversion.eta == 0.1 and inpo.method.inversion.model == "reference"
+    assert inpo.method.inversion.evaluate_at == "destination"
     assert inpo.method.loss.beta == 5000 and inpo.trainer.max_steps == 400
     assert inpo.trainer.lr * inpo.trainer.grad_accum * 8 == pytest.approx(1.024e-5)
     assert make_cfg(["+exp=inpo_sd15"]).method.loss.beta == 2000

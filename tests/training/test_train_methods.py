@@ -63,9 +63,28 @@ def test_gradient_accumulation_steps_once_per_accumulated_batch(tmp_path):
     assert [r["lr"] for r in records] == pytest.approx([1e-4 * 2 / 3, 1e-4 / 3, 0.0])
 
 
-def test_inpo_inverting_with_the_reference(tmp_path):
-    run_dir, _ = train(tmp_path / "run", ["method=inpo", "method.inversion.model=reference",
-                                          "method.inversion.steps=3", "model=tiny_sd21"])
-    records = read_metrics(run_dir)
-    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert all(math.isfinite(r["loss"]) for r in records)
+def test_inpo_inverter_and_evaluation_level_options(tmp_path):
+    """The frozen reference inverts by default; method.inversion.model=policy (the release) and
+    evaluate_at=source (the release's level convention) are wired through: all start at ln 2
+    (policy == reference at step 1), and each option changes what is trained on."""
+    runs = {}
+    for name, extra in [("default", []), ("policy", ["method.inversion.model=policy"]),
+                        ("source", ["method.inversion.evaluate_at=source"])]:
+        run_dir, _ = train(tmp_path / name, ["method=inpo", "method.inversion.steps=3", "model=tiny_sd21",
+                                             "trainer.lr=1e-3", "trainer.max_steps=3", *extra])
+        runs[name] = read_metrics(run_dir)
+        assert runs[name][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        assert all(math.isfinite(r["loss"]) for r in runs[name])
+    # step 1: the policy is the reference, so inverting with either gives the same x_t
+    assert runs["policy"][0]["model_err_w"] == pytest.approx(runs["default"][0]["model_err_w"], abs=1e-7)
+    # later steps: the policy's own inversions differ from the reference's
+    assert runs["policy"][2]["ref_err_l"] != pytest.approx(runs["default"][2]["ref_err_l"], abs=1e-7)
+    # the source level gives other inverted latents from step 1 on
+    assert runs["source"][0]["model_err_w"] != pytest.approx(runs["default"][0]["model_err_w"], abs=1e-7)
+
+
+def test_inpo_rejects_an_unknown_inverter_at_start_up(tmp_path):
+    with pytest.raises(ValueError, match="method.inversion.evaluate_at='middle'"):
+        train(tmp_path / "bad", ["method=inpo", "method.inversion.evaluate_at=middle"])
+    with pytest.raises(ValueError, match="method.inversion.model='ema'"):
+        train(tmp_path / "bad2", ["method=inpo", "method.inversion.model=ema"])
