@@ -37,7 +37,7 @@ from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoi
 from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
                                             to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
-from t2i_align.training.step import preference_step
+from t2i_align.training.step import TIME_IDS, preference_step
 
 log = logging.getLogger("t2i_align.train")
 
@@ -121,7 +121,7 @@ def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_ca
                     family=m_cfg.family, resolution=resolution, flip_variants=d_cfg.cache.flip_variants,
                     per_image_captions=per_image_captions, storage_dtype=d_cfg.cache.dtype,
                     vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None,
-                    store_std=d_cfg.cache.get("store_std", True))
+                    store_std=d_cfg.cache.get("store_std", True), time_ids=m_cfg.get("time_ids", "fixed"))
     if d_cfg.random_crop:
         raise ValueError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
                          "(random crops need the images: data.cache.enabled=false)")
@@ -193,6 +193,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     for encoder in parts.text_encoders:
         encoder.to(device, dtype=weight_dtype)
 
+    time_ids = m_cfg.get("time_ids", "fixed")
+    if time_ids not in TIME_IDS:
+        raise ValueError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
     table = load_table(d_cfg, data_path, t_cfg.seed)
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
@@ -294,7 +297,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,
                         device=device, autocast=accelerator.autocast,
-                        per_image_captions=per_image_captions, **noising_args)
+                        per_image_captions=per_image_captions, time_ids=time_ids, **noising_args)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "

@@ -48,13 +48,40 @@ def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
     return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
+TIME_IDS = ("fixed", "original")
+
+
+def pair_time_ids(mode: str, original_sizes_w, original_sizes_l, crop_top_left, resolution: int,
+                  with_rejected: bool) -> torch.Tensor:
+    """SDXL add_time_ids for the chosen rows, then the rejected rows (with_rejected).
+
+    "fixed": (res, res, 0, 0, res, res) for every image, as the Diffusion-DPO, DCPO and InPO
+    releases train and as SDXL pipelines pass at inference (REFERENCE.md, SDXL conditioning).
+    "original": each image's own original size and the pair's crop corner (MaPO's release uses
+    jpg_0's for both; SDXL's pretraining used the real ones). Most Pick-a-Pic images are smaller
+    than 1024 px, so "original" teaches the preference under a low-resolution-source condition
+    that inference never asks for."""
+    if mode not in TIME_IDS:
+        raise ValueError(f"unknown SDXL time_ids mode {mode!r}; choose one of {TIME_IDS}")
+    target = (resolution, resolution)
+    count = len(original_sizes_w)
+    if mode == "fixed":
+        sizes = torch.full((count, 2), resolution, dtype=torch.long)
+        ids = sdxl_time_ids(sizes, torch.zeros(count, 2, dtype=torch.long), target)
+        return torch.cat([ids, ids]) if with_rejected else ids
+    ids = sdxl_time_ids(original_sizes_w, crop_top_left, target)
+    if with_rejected:
+        ids = torch.cat([ids, sdxl_time_ids(original_sizes_l, crop_top_left, target)])
+    return ids
+
+
 def build_conditioning(captions_w: list[str], captions_l: list[str] | None, text_encoders,
                        tokenizers, family: str, original_sizes_w, original_sizes_l, crop_top_left,
-                       resolution: int, device) -> dict:
+                       resolution: int, device, time_ids: str = "fixed") -> dict:
     """UNet conditioning for the chosen images, then the rejected ones (when captions_l is given).
 
     Shared captions are encoded once and repeated. SDXL adds the pooled embedding and
-    add_time_ids built from each image's own original size and the pair's crop corner.
+    add_time_ids (``pair_time_ids``: fixed, or each image's original size and the pair's crop).
     """
     if captions_l is None:
         cond = encode_prompts(captions_w, text_encoders, tokenizers, family)
@@ -64,17 +91,14 @@ def build_conditioning(captions_w: list[str], captions_l: list[str] | None, text
         cond = encode_prompts(captions_w + captions_l, text_encoders, tokenizers, family)
     out = {"encoder_hidden_states": cond["encoder_hidden_states"].to(device)}
     if family == "sdxl":
-        target = (resolution, resolution)
-        time_ids = sdxl_time_ids(original_sizes_w, crop_top_left, target)
-        if captions_l is not None:
-            time_ids = torch.cat([time_ids, sdxl_time_ids(original_sizes_l, crop_top_left, target)])
-        out["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(device),
-                                    "time_ids": time_ids.to(device)}
+        ids = pair_time_ids(time_ids, original_sizes_w, original_sizes_l, crop_top_left, resolution,
+                            captions_l is not None)
+        out["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(device), "time_ids": ids.to(device)}
     return out
 
 
 def cached_conditioning(batch: dict, drop: torch.Tensor | None, uses_rejected: bool, per_image_captions: bool,
-                        family: str, resolution: int, device) -> dict:
+                        family: str, resolution: int, device, time_ids: str = "fixed") -> dict:
     """UNet conditioning from cached text embeddings, laid out as build_conditioning's: chosen rows,
     then rejected rows. Dropped captions take the cached embedding of the empty prompt."""
     def side(suffix: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,11 +117,9 @@ def cached_conditioning(batch: dict, drop: torch.Tensor | None, uses_rejected: b
         pooled = torch.cat([pooled, pooled_l]) if pooled is not None else None
     out = {"encoder_hidden_states": hidden.to(device)}
     if family == "sdxl":
-        target = (resolution, resolution)
-        time_ids = sdxl_time_ids(batch["original_sizes_w"], batch["crop_top_left"], target)
-        if uses_rejected:
-            time_ids = torch.cat([time_ids, sdxl_time_ids(batch["original_sizes_l"], batch["crop_top_left"], target)])
-        out["added_cond_kwargs"] = {"text_embeds": pooled.to(device), "time_ids": time_ids.to(device)}
+        ids = pair_time_ids(time_ids, batch["original_sizes_w"], batch["original_sizes_l"], batch["crop_top_left"],
+                            resolution, uses_rejected)
+        out["added_cond_kwargs"] = {"text_embeds": pooled.to(device), "time_ids": ids.to(device)}
     return out
 
 
@@ -112,11 +134,12 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                     device, autocast, per_image_captions: bool = False, noising: str = "forward",
                     inversion_steps: int = 10, inversion_eta: float = 0.0,
                     inversion_model: str = "reference",
-                    inversion_evaluate_at: str = "destination") -> tuple[torch.Tensor, dict]:
+                    inversion_evaluate_at: str = "destination",
+                    time_ids: str = "fixed") -> tuple[torch.Tensor, dict]:
     """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
     per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
-    the pair's shared prompt.
+    the pair's shared prompt. time_ids: SDXL's add_time_ids, "fixed" or "original" (pair_time_ids).
     noising: "forward" (shared t and noise per pair) or "inversion" (InPO: DDIM inversion in
     `inversion_steps` steps with added noise `inversion_eta`, by the frozen reference (default) or
     by the policy under no grad as released, with the model evaluated at each step's
@@ -140,7 +163,8 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
     num_pairs = latents_w.shape[0]
     drop = rand(num_pairs, generator) < caption_dropout if caption_dropout > 0 else None
     if cached:
-        cond = cached_conditioning(batch, drop, uses_rejected, per_image_captions, family, resolution, device)
+        cond = cached_conditioning(batch, drop, uses_rejected, per_image_captions, family, resolution, device,
+                                   time_ids)
     else:
         if per_image_captions:  # DCPO: each image conditioned on its own caption
             captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
@@ -150,7 +174,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
             captions_w, captions_l = drop_captions(captions_w, drop), drop_captions(captions_l, drop)
         cond = build_conditioning(captions_w, captions_l if uses_rejected else None, text_encoders,
                                   tokenizers, family, batch["original_sizes_w"], batch["original_sizes_l"],
-                                  batch["crop_top_left"], resolution, device)
+                                  batch["crop_top_left"], resolution, device, time_ids)
 
     if noising == "forward":
         noisy, target, timesteps = forward_noise_pairs(noise_scheduler, latents_w, latents_l,

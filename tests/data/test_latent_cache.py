@@ -87,6 +87,8 @@ def test_changed_key_is_refused_or_gets_its_own_folder(tmp_path, monkeypatch):
     with pytest.raises(CacheKeyMismatch, match="flip_variants"):
         train(tmp_path / "c", [*CACHE, "trainer.max_steps=1", "data.cache.flip_variants=false",
                                "data.random_flip=false"] + _cached(tmp_path))
+    with pytest.raises(CacheKeyMismatch, match="time_ids: cached 'fixed' vs now 'original'"):
+        train(tmp_path / "c2", [*CACHE, "trainer.max_steps=1", "model.time_ids=original"] + _cached(tmp_path))
     # automatic folders: one per key under $T2I_ALIGN_CACHE/latents
     monkeypatch.setenv("T2I_ALIGN_CACHE", str(tmp_path / "auto"))
     auto = [*CACHE, "trainer.max_steps=1", "data.cache.enabled=true"]

@@ -49,6 +49,22 @@ def test_paper_defaults():
     style = make_cfg(["+exp=mapo_pickstyle"])
     assert style.data.path == "mapo-t2i/pick-style-cartoon" and style.trainer.lr == 1e-5
     assert make_cfg(["model=sd21"]).model.resolution == 768
+    sd15 = make_cfg(["+exp=dpo_sd15"])
+    assert sd15.model.name == "sd15" and sd15.trainer.optimizer == "adamw" and sd15.trainer.warmup_steps == 500
+    assert sd15.method.loss.beta == 5000 and sd15.trainer.caption_dropout == 0.2
+    assert sd15.trainer.lr * sd15.trainer.grad_accum * 16 == pytest.approx(2.048e-5)
+    assert make_cfg(["+exp=inpo_sdxl"]).trainer.optimizer == "adafactor"
+    assert make_cfg(["+exp=inpo_sd15"]).trainer.optimizer == "adamw"
+    # SDXL add_time_ids: fixed (res, res, 0, 0, res, res) unless asked for the original sizes
+    assert make_cfg(["+exp=dpo_pickapic"]).model.time_ids == "fixed"
+
+
+def test_every_preset_says_how_many_processes_its_batch_assumes():
+    conf = Path(__file__).resolve().parents[2] / "conf" / "exp"
+    for path in conf.glob("*.yaml"):
+        if path.stem.startswith("toy_"):
+            continue  # one CPU process
+        assert "Processes:" in path.read_text(), path.name
 
 
 def test_dcpo_and_inpo_defaults():

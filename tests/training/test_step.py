@@ -64,15 +64,21 @@ def test_per_image_captions_reach_the_unet(kind, monkeypatch):
     assert (errs["w"] - errs["l"]).abs().max() > 1e-7
 
 
-def test_sdxl_time_ids_use_each_images_original_size_and_the_crop():
+def test_sdxl_time_ids_fixed_by_default_or_each_images_original_size_and_the_crop():
+    """Default: (res, res, 0, 0, res, res) for every image (the DPO / DCPO / InPO releases, SDXL at
+    inference); time_ids="original": each image's own original size and the pair's crop corner."""
     parts = load_parts("tiny:sdxl")
     batch = twin_batch()
     batch["original_sizes_l"] = torch.tensor([[100, 120], [48, 80]])
-    cond = build_conditioning(batch["captions"], batch["captions"], parts.text_encoders, parts.tokenizers,
-                              "sdxl", batch["original_sizes_w"], batch["original_sizes_l"],
-                              batch["crop_top_left"], 32, "cpu")
+    args = (batch["captions"], batch["captions"], parts.text_encoders, parts.tokenizers, "sdxl",
+            batch["original_sizes_w"], batch["original_sizes_l"], batch["crop_top_left"], 32, "cpu")
+    fixed = build_conditioning(*args)["added_cond_kwargs"]["time_ids"]
+    assert fixed.tolist() == [[32, 32, 0, 0, 32, 32]] * 4
+    cond = build_conditioning(*args, time_ids="original")
     time_ids = cond["added_cond_kwargs"]["time_ids"]
     assert time_ids.tolist() == [[64, 64, 0, 0, 32, 32], [48, 80, 0, 8, 32, 32],
                                  [100, 120, 0, 0, 32, 32], [48, 80, 0, 8, 32, 32]]
     assert cond["encoder_hidden_states"].shape[0] == 4
     assert torch.equal(cond["encoder_hidden_states"][:2], cond["encoder_hidden_states"][2:])
+    with pytest.raises(ValueError, match="time_ids mode 'real'"):
+        build_conditioning(*args, time_ids="real")
