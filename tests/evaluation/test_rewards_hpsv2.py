@@ -1,8 +1,14 @@
 """HPSv2 reward: tiny open_clip model built in code, checkpoint saved to tmp_path, no network."""
 
+import argparse
+
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.transforms import InterpolationMode, Normalize, ToTensor
+
+from t2i_align.evaluation.rewards.checkpoint_io import PickleNotAllowedError
 
 from t2i_align.evaluation.rewards.hpsv2 import (
     OPENAI_CLIP_MEAN,
@@ -31,10 +37,10 @@ def _images(n=5, seed=0):
     return out
 
 
-def _pil_to_norm(image):
-    t = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    t = t.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float() / 255
-    return (t - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+def _float_resize_norm(image, hw):
+    """ToTensor first, then torchvision's bicubic antialiased resize on the float tensor, normalise."""
+    t = TF.resize(ToTensor()(image), list(hw), InterpolationMode.BICUBIC, antialias=True)
+    return Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)(t)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +75,12 @@ def test_score_matches_manual_cosine(tiny_ckpt, reward):
         txt = model.encode_text(tok(PROMPTS))
     img = img / img.norm(dim=-1, keepdim=True)
     txt = txt / txt.norm(dim=-1, keepdim=True)
-    expected = (img * txt).sum(-1)
-    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
-    assert scores.abs().max() <= 1.0 + 1e-5  # a cosine, not logit_scale * cos or 100 * cos
+    cos = (img * txt).sum(-1)
+    # the HPSv2 benchmark's number: 100 * cos (hpsv2/evaluation.py), not the bare cosine nor logit_scale * cos
+    torch.testing.assert_close(scores, 100 * cos, rtol=1e-5, atol=1e-4)
+    assert scores.abs().max() <= 100.0 + 1e-3 and scores.abs().max() > 1.0
+    assert not torch.allclose(scores, model.logit_scale.exp() * cos, atol=1e-2)  # logit_scale = e^4 != 100
+    assert "100 x cos" in reward.description and reward.name == "hpsv2.1"
 
 
 def test_batching_invariance(tiny_ckpt, reward):
@@ -116,7 +125,7 @@ def test_dtype_bfloat16_runs(tiny_ckpt):
     s = r(_images(2), PROMPTS[:2])
     assert s.dtype == torch.float32 and s.shape == (2,)
     ref = load_hpsv2(str(tiny_ckpt[0]), model_config=TINY_CFG)(_images(2), PROMPTS[:2])
-    torch.testing.assert_close(s, ref, atol=0.05, rtol=0)
+    torch.testing.assert_close(s, ref, atol=5.0, rtol=0)  # 0.05 in cosine units
 
 
 def test_preprocess_wide_image_pads_top_bottom():
@@ -129,8 +138,7 @@ def test_preprocess_wide_image_pads_top_bottom():
     # 448x224 -> 224x112, 112 rows of padding: 56 on top, 56 at the bottom
     torch.testing.assert_close(out[:, :56, :], black.expand(3, 56, 224))
     torch.testing.assert_close(out[:, 168:, :], black.expand(3, 56, 224))
-    resized = img.resize((224, 112), resample=Image.BICUBIC)
-    torch.testing.assert_close(out[:, 56:168, :], _pil_to_norm(resized))
+    torch.testing.assert_close(out[:, 56:168, :], _float_resize_norm(img, (112, 224)), rtol=0, atol=1e-6)
     assert not torch.allclose(out[:, 56, :], black[:, 0, :].expand(3, 224))
 
 
@@ -143,8 +151,7 @@ def test_preprocess_tall_image_pads_left_right():
     black = (-torch.tensor(OPENAI_CLIP_MEAN) / torch.tensor(OPENAI_CLIP_STD)).view(3, 1, 1)
     torch.testing.assert_close(out[:, :, :74], black.expand(3, 224, 74))
     torch.testing.assert_close(out[:, :, 149:], black.expand(3, 224, 75))
-    resized = img.resize((75, 224), resample=Image.BICUBIC)
-    torch.testing.assert_close(out[:, :, 74:149], _pil_to_norm(resized))
+    torch.testing.assert_close(out[:, :, 74:149], _float_resize_norm(img, (224, 75)), rtol=0, atol=1e-6)
 
 
 def test_preprocess_square_and_small_sizes():
@@ -169,20 +176,71 @@ def test_reward_uses_model_image_size(tmp_path):
     assert r(_images(3), PROMPTS[:3]).shape == (3,)
 
 
+class _ResizeMaxSizeRef:
+    """The HPSv2 repo's ResizeMaxSize (hpsv2/src/open_clip/transform.py) built from torchvision's own
+    ops: on a [C, H, W] tensor, longest side -> max_size (bicubic), then F.pad with fill 0 centred."""
+
+    def __init__(self, max_size=224):
+        self.max_size = max_size
+
+    def __call__(self, img):
+        height, width = img.shape[1:]
+        scale = self.max_size / float(max(height, width))
+        if scale != 1.0:
+            new_size = tuple(round(dim * scale) for dim in (height, width))
+            img = TF.resize(img, list(new_size), InterpolationMode.BICUBIC, antialias=True)
+            pad_h, pad_w = self.max_size - new_size[0], self.max_size - new_size[1]
+            img = TF.pad(img, padding=[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+        return img
+
+
 @pytest.mark.parametrize("size", [(1024, 1024), (768, 512), (333, 517), (100, 50), (448, 224)])
 def test_preprocess_matches_hpsv2_repo_transform(size):
-    """Bit-exact against the HPSv2 repo's preprocess_val (open_clip 2.x ResizeMaxSize + pad 0,
-    _convert_to_rgb, ToTensor, Normalize), re-expressed with torchvision."""
-    import torchvision.transforms.functional as F
-    from torchvision.transforms import InterpolationMode, Normalize, ToTensor
+    """Against the HPSv2 repo's preprocess_val order (image_transform(..., resize_longest_max=True) in
+    hpsv2/src/open_clip/transform.py): convert RGB, ToTensor FIRST, ResizeMaxSize on the float tensor,
+    Normalize -- composed here from torchvision's ops. The older uint8 PIL resize is a different
+    transform, and this test tells them apart."""
+    from torchvision.transforms import Compose
 
     w, h = size
     g = torch.Generator().manual_seed(w * 7 + h)
     img = Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy(), "RGB")
+    official = Compose([lambda im: im.convert("RGB"), ToTensor(), _ResizeMaxSizeRef(224),
+                        Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
+    ref = official(img)
+    out = hps_preprocess(img)
+    assert out.shape == ref.shape == (3, 224, 224)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+    # the old implementation: PIL bicubic resize of the uint8 image, then pad, then ToTensor
     scale = 224 / float(max(h, w))
-    new_size = tuple(round(d * scale) for d in (h, w))
-    ref = F.resize(img, new_size, InterpolationMode.BICUBIC)
-    ph, pw = 224 - new_size[0], 224 - new_size[1]
-    ref = F.pad(ref, padding=[pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0).convert("RGB")
-    ref = Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)(ToTensor()(ref))
-    torch.testing.assert_close(hps_preprocess(img), ref, rtol=0, atol=1e-6)
+    new_h, new_w = (round(d * scale) for d in (h, w))
+    ph, pw = 224 - new_h, 224 - new_w
+    pil = TF.pad(img.resize((new_w, new_h), resample=Image.BICUBIC),
+                 padding=[pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
+    pil = Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)(ToTensor()(pil))
+    diff = (out - pil).abs().max().item()
+    assert diff > 5e-3, f"float-tensor resize should differ from the uint8 PIL resize (max diff {diff})"
+    assert diff < 2.0  # ... but only slightly: same geometry, same padding
+
+
+def test_pickled_checkpoint_needs_opt_in_naming_it(tiny_ckpt, tmp_path):
+    """A torch file holding a Python object (as some released checkpoints do) is never unpickled on
+    its own: refused with the file's name and the opt-in; allow_pickle=<that file> loads it."""
+    _, model = tiny_ckpt
+    path = tmp_path / "HPS_with_args.pt"
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=1e-5, precision="amp")}, path)
+    with pytest.raises(PickleNotAllowedError) as err:
+        load_hpsv2(str(path), model_config=TINY_CFG)
+    message = str(err.value)
+    assert str(path) in message and "allow_pickle=" in message and "argparse.Namespace" in message
+    assert "\n" not in message
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(PickleNotAllowedError):
+        load_hpsv2(str(path), model_config=TINY_CFG, allow_pickle=str(other))
+    with pytest.raises(TypeError):
+        load_hpsv2(str(path), model_config=TINY_CFG, allow_pickle=True)
+    reward = load_hpsv2(str(path), model_config=TINY_CFG, allow_pickle=str(path))
+    ref = load_hpsv2(str(tiny_ckpt[0]), model_config=TINY_CFG)
+    torch.testing.assert_close(reward(_images(2), PROMPTS[:2]), ref(_images(2), PROMPTS[:2]))

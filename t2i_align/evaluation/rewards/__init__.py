@@ -1,7 +1,8 @@
 """Reward models, one file each, one interface: reward(images, prompts) -> float32 tensor [N].
 
 load_reward(name, **kwargs) selects one by name; kwargs are the loader's (weight locations,
-device, dtype, batch_size). Heavy libraries are imported only when a reward is loaded.
+device, dtype, batch_size, allow_pickle). Heavy libraries are imported only when a reward is
+loaded. Weight files are never unpickled unless `allow_pickle` names them (see checkpoint_io).
 """
 
 REWARDS = {
@@ -11,6 +12,8 @@ REWARDS = {
     "hpsv2": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2"}),
     "hpsv2_1": ("t2i_align.evaluation.rewards.hpsv2", "load_hpsv2", {"version": "v2.1"}),  # HPSv2.1
     "image_reward": ("t2i_align.evaluation.rewards.image_reward", "load_image_reward", {}),
+    # HPSv3 (MizzenAI/HPSv3, ICCV 2025): Qwen2-VL-7B-Instruct + reward head, score = mu
+    "hpsv3": ("t2i_align.evaluation.rewards.hpsv3", "load_hpsv3", {}),
     # the toy world's metrics (t2i_align/toy): rates of the target style, right colour, right shape
     "toy_style": ("t2i_align.evaluation.rewards.toy", "load_toy_reward", {"name": "toy_style"}),
     "toy_colour": ("t2i_align.evaluation.rewards.toy", "load_toy_reward", {"name": "toy_colour"}),

@@ -62,22 +62,25 @@ def default_head_path() -> pathlib.Path:
     return cache_dir() / "aesthetic" / AESTHETIC_HEAD_FILENAME
 
 
-def load_head_state_dict(path) -> dict[str, torch.Tensor]:
-    """Read the head's state dict from a ``.pth`` / ``.pt`` / ``.ckpt`` or ``.safetensors`` file."""
+def load_head_state_dict(path, allow_pickle=None) -> dict[str, torch.Tensor]:
+    """Read the head's state dict from a ``.pth`` / ``.pt`` / ``.ckpt`` or ``.safetensors`` file.
+
+    Torch files load with ``weights_only=True``; one that needs pickle raises
+    :class:`~.checkpoint_io.PickleNotAllowedError` unless ``allow_pickle`` names it.
+    """
+    from .checkpoint_io import read_weights
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"aesthetic head weights not found at {path}; download {AESTHETIC_HEAD_FILENAME} from "
             f"{AESTHETIC_HEAD_URL} and pass head_path= (or place it at {default_head_path()})"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
+    state = read_weights(path, allow_pickle=allow_pickle)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     # tolerate a "module." / "model." prefix (DataParallel / Lightning checkpoints)
     for prefix in ("module.", "model."):
         if state and all(k.startswith(prefix) for k in state):
@@ -126,14 +129,17 @@ def load_aesthetic(
     dtype: torch.dtype = torch.float32,
     batch_size: int = 16,
     processor_path: str | None = None,
+    allow_pickle=None,
 ) -> AestheticReward:
     """Load CLIP ViT-L/14 + the aesthetic MLP head.
 
     ``head_path``: local ``.pth`` / ``.safetensors`` of the head (see the module docstring for
     where the real ``sac+logos+ava1-l14-linearMSE.pth`` comes from); ``None`` looks in
-    ``$T2I_ALIGN_CACHE/aesthetic/``.
+    ``$T2I_ALIGN_CACHE/aesthetic/``. ``allow_pickle``: the head file's path if it is a torch file
+    that needs pickle and you trust it (the released head does not need it).
     """
-    head = build_head(load_head_state_dict(head_path if head_path is not None else default_head_path()))
+    path = head_path if head_path is not None else default_head_path()
+    head = build_head(load_head_state_dict(path, allow_pickle=allow_pickle))
     model, processor = load_clip(clip_path, processor_path, device=device, dtype=dtype)
     emb_dim = model.config.projection_dim
     if head.input_size != emb_dim:

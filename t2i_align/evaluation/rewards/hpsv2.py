@@ -1,28 +1,36 @@
-"""HPSv2 / HPSv2.1 (Human Preference Score v2) rebuilt on ``open_clip`` 3.x.
+"""HPSv2 / HPSv2.1 (Human Preference Score v2, Wu et al. 2023, arXiv 2306.09341) rebuilt on ``open_clip`` 3.x.
 
 The pip package ``hpsv2`` vendors an old open_clip fork and does not import cleanly beside a
-current open_clip, so the scorer is rebuilt here from its parts:
+current open_clip, so the scorer is rebuilt here from its parts (github tgxs002/HPSv2):
 
 - Model: open_clip ``ViT-H-14`` (built with ``pretrained=None``, no download) whose weights are
   replaced by the HPS checkpoint (``HPS_v2_compressed.pt`` or ``HPS_v2.1_compressed.pt``, a torch
   file holding ``{'state_dict': ...}``). The checkpoint path is a local file; nothing is fetched.
+  Torch files are read with ``weights_only=True``; one that needs pickle is refused unless the
+  loader's ``allow_pickle`` names it (see :mod:`.checkpoint_io`).
 - Tokenizer: ``open_clip.get_tokenizer('ViT-H-14')`` (the BPE vocabulary bundled with
   open_clip, context length 77), as in the HPSv2 repo.
-- Preprocessing (:func:`hps_preprocess`): the HPSv2 repo's ``preprocess_val`` is open_clip 2.x's
-  ``image_transform(..., is_train=False, resize_longest_max=True)``, i.e. ``ResizeMaxSize``:
-  resize the LONGEST side to 224 (bicubic, other side ``round(side * 224 / longest)``), pad with
-  0 (black) centred (left/top get ``pad // 2``), convert to RGB, ``ToTensor``, OpenAI CLIP
-  mean/std normalisation. It is *not* open_clip's default resize-shortest + centre-crop.
-  Checked bit-exact against that transform re-expressed with torchvision (see the tests). One
-  deliberate difference: ResizeMaxSize skips resize AND padding when the longest side already
-  equals 224, so e.g. a 224x112 image would stay non-square there (and fail in the ViT); here it
-  is padded to 224x224 like every other size.
-- Score: the repo (``hpsv2/img_score.py``, ``score.py``) calls ``model(image, text)`` whose
-  ``image_features`` / ``text_features`` are L2-normalised, then takes
-  ``diagonal(image_features @ text_features.T)``: the plain cosine similarity. It does NOT
-  multiply by ``logit_scale`` or 100. :class:`HPSv2Reward` returns that cosine (typically about
-  0.2-0.35); papers' tables report ``100 * cos`` (e.g. "27.5"). v2 and v2.1 scores are not
-  comparable with each other, hence ``HPSv2Reward.name`` is ``"hpsv2"`` or ``"hpsv2.1"``.
+- Preprocessing (:func:`hps_preprocess`): the repo's ``preprocess_val`` is
+  ``image_transform(224, is_train=False, resize_longest_max=True)`` in
+  ``hpsv2/src/open_clip/transform.py``, i.e. in this order: ``_convert_to_rgb_or_rgba``,
+  ``ToTensor()`` (uint8 PIL -> float [0, 1] tensor) FIRST, then ``ResizeMaxSize(224, fill=0)`` on
+  that float tensor (torchvision ``F.resize`` of the LONGEST side to 224, bicubic, the other side
+  ``round(side * 224 / longest)``; torchvision >= 0.17 antialiases tensors by default, passed
+  explicitly here; no clamping, so bicubic overshoot beyond [0, 1] is kept), then ``F.pad`` with 0
+  centred (left/top get ``pad // 2``), then ``Normalize`` with the OpenAI CLIP mean/std. It is
+  *not* open_clip's default resize-shortest + centre-crop, and not a PIL resize of the uint8
+  image (close, but a different transform: see the tests). Two deliberate differences, both
+  for inputs the original cannot score: ResizeMaxSize skips resize AND padding when the longest
+  side already equals 224, so a 224x112 image would stay non-square there (and fail in the ViT);
+  here it is padded to 224x224 like every other size. RGBA stays 4-channel there (and fails in
+  the ViT); here every image is converted to RGB.
+- Score: the repo's benchmark (``hpsv2/evaluation.py``, e.g. ``evaluate_benchmark``:
+  ``logits_per_image = image_features @ text_features.T * 100``) and the papers' tables report
+  ``100 * cos(image_features, text_features)`` of the L2-normalised embeddings (no logit_scale),
+  typically 20-35 ("27.5"); ``hpsv2/img_score.py`` returns the bare cosine. :class:`HPSv2Reward`
+  returns ``100 * cos`` so that means can be read against the published numbers. v2 and v2.1
+  scores are not comparable with each other, hence ``HPSv2Reward.name`` is ``"hpsv2"`` or
+  ``"hpsv2.1"``.
 """
 
 from __future__ import annotations
@@ -62,48 +70,45 @@ def _version_name(version: str) -> str:
 def hps_preprocess(image: Image.Image, size: int = 224) -> torch.Tensor:
     """HPSv2's evaluation transform for one PIL image -> float32 tensor ``[3, size, size]``.
 
-    Longest side resized to ``size`` (bicubic; the other side ``round(side * size / longest)``,
-    at least 1), zero (black) padding centred with ``pad // 2`` on the left/top and the rest on
-    the right/bottom, scaled to [0, 1], then normalised with the OpenAI CLIP mean/std. Padding
-    pixels therefore equal ``-mean / std`` per channel.
+    In the order of the repo's ``image_transform(..., resize_longest_max=True)``
+    (``hpsv2/src/open_clip/transform.py``): RGB, ``to_tensor`` (float [0, 1]), then on that float
+    tensor the longest side resized to ``size`` (torchvision ``F.resize``, bicubic,
+    ``antialias=True``; the other side ``round(side * size / longest)``, at least 1), zero padding
+    centred (``pad // 2`` on the left/top, the rest on the right/bottom), then OpenAI CLIP
+    mean/std normalisation. Padding pixels therefore equal ``-mean / std`` per channel.
     """
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
     if not isinstance(image, Image.Image):
         raise TypeError(f"hps_preprocess expects a PIL image, got {type(image).__name__}")
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / max(width, height)
-    new_w = max(1, round(width * scale))
-    new_h = max(1, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), resample=Image.BICUBIC)
-    canvas = Image.new("RGB", (size, size), (0, 0, 0))
-    canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
-    data = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8)
-    tensor = data.view(size, size, 3).permute(2, 0, 1).to(torch.float32).div_(255.0)
-    mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean) / std
+    tensor = F.to_tensor(image.convert("RGB"))  # ToTensor FIRST: the resize below runs on floats
+    height, width = tensor.shape[1:]
+    scale = size / float(max(height, width))
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        tensor = F.resize(tensor, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    pad_h, pad_w = size - new_h, size - new_w
+    if pad_h or pad_w:
+        tensor = F.pad(tensor, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+    return F.normalize(tensor, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
-def load_hps_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
+def load_hps_state_dict(checkpoint: str, allow_pickle=None) -> dict[str, torch.Tensor]:
     """Read an HPS checkpoint: ``{'state_dict': sd}`` torch file, a bare state dict, or
-    ``.safetensors``. A leading ``module.`` (DDP) is stripped from every key."""
+    ``.safetensors``. A leading ``module.`` (DDP) is stripped from every key.
+
+    Torch files load with ``weights_only=True``; one that needs pickle raises
+    :class:`~.checkpoint_io.PickleNotAllowedError` unless ``allow_pickle`` names it.
+    """
+    from t2i_align.evaluation.rewards.checkpoint_io import read_weights
+
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"HPS checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path, device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickled extras (e.g. optimizer objects) in old checkpoints
-            if "weights_only" not in str(err) and "Weights only" not in str(err):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
+    state = read_weights(path, allow_pickle=allow_pickle)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     if state and all(k.startswith("module.") for k in state):
@@ -134,9 +139,11 @@ def _build_model(model_name: str, model_config: dict | None):
 class HPSv2Reward:
     """Callable HPSv2 scorer: ``reward(images, prompts) -> float32 [N]`` on CPU.
 
-    The value is ``cos(image_embedding, text_embedding)`` as in the HPSv2 repo (no logit scale,
-    not multiplied by 100); tables conventionally report ``100 * cos``.
+    The value is ``100 * cos(image_embedding, text_embedding)`` (no logit scale), the number the
+    HPSv2 benchmark (``hpsv2/evaluation.py``) and the papers report; ``description`` says so.
     """
+
+    SCALE = 100.0
 
     def __init__(
         self,
@@ -151,6 +158,7 @@ class HPSv2Reward:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.name = name
+        self.description = f"{name}: 100 x cos(image, text) of the HPS open_clip embeddings (HPSv2 benchmark scale)"
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = int(batch_size)
@@ -174,7 +182,7 @@ class HPSv2Reward:
         txt = self.model.encode_text(tokens).float()
         img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
-        return (img * txt).sum(-1).cpu()
+        return self.SCALE * (img * txt).sum(-1).cpu()
 
     def __call__(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         if isinstance(prompts, str):
@@ -204,6 +212,7 @@ def load_hpsv2(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 16,
+    allow_pickle=None,
 ) -> HPSv2Reward:
     """Build an :class:`HPSv2Reward` from a local HPS checkpoint (no network access).
 
@@ -212,9 +221,11 @@ def load_hpsv2(
     ``model_config``: an open_clip model config dict (``embed_dim``, ``vision_cfg``,
     ``text_cfg``) used instead of the built-in ``model_name`` config, e.g. for tiny test models.
     The state dict is loaded strictly; a mismatch raises with the offending keys.
+    ``allow_pickle``: the checkpoint's path (or a list of paths) if it is a torch file that needs
+    pickle and you trust it; without it such a file is refused (the released files do not need it).
     """
     name = _version_name(version)
-    state = load_hps_state_dict(checkpoint)
+    state = load_hps_state_dict(checkpoint, allow_pickle=allow_pickle)
     model, tokenizer = _build_model(model_name, model_config)
     # Buffers that are not persisted by every open_clip version (e.g. attn_mask) are tolerated.
     missing, unexpected = model.load_state_dict(state, strict=False)

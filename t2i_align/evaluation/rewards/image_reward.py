@@ -194,23 +194,29 @@ def default_checkpoint_path() -> pathlib.Path:
     return cache_dir() / "image_reward" / CHECKPOINT_FILENAME
 
 
-def load_checkpoint(checkpoint_path=None) -> dict[str, torch.Tensor]:
+def load_checkpoint(checkpoint_path=None, allow_pickle=None) -> dict[str, torch.Tensor]:
     """State dict from a local file (``.pt`` or ``.safetensors``), the default cache path, or the hub
-    id ``"THUDM/ImageReward"`` (downloaded with ``huggingface_hub``)."""
+    id ``"THUDM/ImageReward"`` (downloaded with ``huggingface_hub``).
+
+    Torch files load with ``weights_only=True``; one that needs pickle raises
+    :class:`~.checkpoint_io.PickleNotAllowedError` unless ``allow_pickle`` names it (its path, or
+    the hub id it was downloaded for).
+    """
+    from .checkpoint_io import read_weights
+
+    aliases = ()
     if checkpoint_path == HUB_REPO:
         from huggingface_hub import hf_hub_download
 
-        checkpoint_path = hf_hub_download(HUB_REPO, CHECKPOINT_FILENAME)
+        checkpoint_path, aliases = hf_hub_download(HUB_REPO, CHECKPOINT_FILENAME), (HUB_REPO,)
     path = pathlib.Path(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path()
     if not path.is_file():
         raise FileNotFoundError(f"ImageReward checkpoint not found at {path}; download {CHECKPOINT_FILENAME} from "
                                 f"{CHECKPOINT_URL} and pass checkpoint_path= (or place it at "
                                 f"{default_checkpoint_path()}, or pass checkpoint_path={HUB_REPO!r})")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = read_weights(path, allow_pickle=allow_pickle, aliases=aliases)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
 
 
@@ -245,15 +251,17 @@ class ImageRewardReward:
 
 def load_image_reward(checkpoint_path=None, tokenizer_path: str = "bert-base-uncased", device="cpu",
                       dtype: torch.dtype = torch.float32, batch_size: int = 16, med_config=None,
-                      vision_config: dict | None = None) -> ImageRewardReward:
+                      vision_config: dict | None = None, allow_pickle=None) -> ImageRewardReward:
     """Load ImageReward-v1.0 on ``device`` / ``dtype`` (the reward MLP stays float32).
 
     ``checkpoint_path``: local ``ImageReward.pt``, ``"THUDM/ImageReward"`` (hub download) or None
     (``$T2I_ALIGN_CACHE/image_reward/ImageReward.pt``). ``tokenizer_path``: hub id or folder of a
     BERT tokenizer ([DEC]/[ENC] are added here). ``med_config`` (dict or med_config.json path) and
     ``vision_config`` (dict) override the text / vision sizes, e.g. for tiny test models.
+    ``allow_pickle``: the checkpoint's path (or hub id) if it is a torch file that needs pickle and
+    you trust it; without it such a file is refused.
     """
-    state = load_checkpoint(checkpoint_path)
+    state = load_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
     model = build_model(med_config, vision_config)
     model.load_checkpoint_state(state)
     tokenizer = load_tokenizer(tokenizer_path)
