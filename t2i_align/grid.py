@@ -29,7 +29,8 @@ def make_grid(cfg: DictConfig, run_dir) -> Path:
     prompts = load_prompts(ev.prompts, cfg.num_prompts, ev.get("prompt_subset"), ev.get("prompt_split", "test_unique"))
     resolution = int(ev.resolution or cfg.model.resolution)
     specs = model_specs(cfg.model.path, cfg.models, cfg.get("checkpoint"))
-    paths = sample_models(cfg.model.path, specs, prompts, [cfg.seed], cfg.cache_dir, ev, resolution)
+    paths = sample_models(cfg.model.path, specs, prompts, [cfg.seed], cfg.cache_dir, ev, resolution,
+                          model_cfg=cfg.model)
     images = {m: [Image.open(paths[m][(p, cfg.seed)]).convert("RGB") for p in prompts] for m in paths}
     names = [s["name"] for s in specs]
     table = [[images[m][i] for m in names] for i in range(len(prompts))]
