@@ -1,9 +1,11 @@
 """Hydra entry point: python -m t2i_align.evaluate [model=...] [eval=tiny|standard] [checkpoint=...] [models=[...]]
 
 Samples the same prompts and seeds from the base model and each listed model (cached on disk),
-scores every image with the configured rewards, and writes results.{csv,json,md} (mean and 95%
-CI per model, reward and prompt group; win rate against the baseline, ties half), grid.png,
-reward_vs_step.png (when models carry a training step) and report.html; optionally logs all of
+scores every image with the configured rewards, and writes results.{csv,json,md} (per model,
+reward and prompt group: mean and 95% CI clustered by prompt; against the baseline the paired
+difference, its Holm-adjusted p-value and the clustered win rate, ties half), grid.png,
+reward_vs_step.png (a run with >= 2 checkpoints) or comparison.png (base vs aligned) and
+report.html; optionally logs all of
 it to wandb. With -m (Hydra multirun), the sweep's summary collects every job into one table.
 """
 
@@ -18,13 +20,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from t2i_align.evaluation.aggregate import plot_reward_vs_step, result_rows
+from t2i_align.evaluation.aggregate import plot_results, result_rows
 from t2i_align.evaluation.checkpoints import resolve_checkpoint
 from t2i_align.evaluation.grid_image import comparison_grid
 from t2i_align.evaluation.prompts import load_prompt_set
 from t2i_align.evaluation.report import write_html, write_tables
 from t2i_align.evaluation.rewards import load_reward
-from t2i_align.evaluation.sampling import generate_cached, load_pipeline
+from t2i_align.evaluation.sampling import (cached_images, generate_cached, load_pipeline, model_cache_key,
+                                           pipeline_sources)
 
 log = logging.getLogger("t2i_align.evaluate")
 
@@ -32,9 +35,10 @@ log = logging.getLogger("t2i_align.evaluate")
 def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> list[dict]:
     """[{"name", "unet", "lora", "step"}], the base first; names must be unique.
 
-    extra: [{name?, lora | unet | checkpoint, step?}]; a `checkpoint` (run dir, final/,
+    extra: [{name?, lora | unet | checkpoint, step?, lora_scale?}]; a `checkpoint` (run dir, final/,
     checkpoints/step_N, LoRA file) is resolved by resolve_checkpoint, which also names it
-    "<run>@<step>" unless a name is given. checkpoint: one more such path (the sweep key)."""
+    "<run>@<step>" unless a name is given. checkpoint: one more such path (the sweep key).
+    lora_scale (default 1) scales a LoRA's update when sampling (it is part of the cache key)."""
     specs = [{"name": "base", "unet": None, "lora": None, "step": None}]
     items = [dict(item) for item in extra] + ([{"checkpoint": checkpoint}] if checkpoint else [])
     for item in items:
@@ -46,6 +50,8 @@ def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> l
         else:
             spec = {"name": str(item["name"]), "unet": item.get("unet"), "lora": item.get("lora"),
                     "step": item.get("step")}
+        if item.get("lora_scale") is not None:
+            spec["lora_scale"] = float(item["lora_scale"])
         specs.append(spec)
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
@@ -54,17 +60,26 @@ def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> l
 
 
 def sample_models(base_path: str, specs: list[dict], prompts: list[str], seeds: list[int], cache_dir,
-                  ev: DictConfig, resolution: int) -> dict:
+                  ev: DictConfig, resolution: int, model_cfg=None) -> dict:
     """{model name: {(prompt, seed): image path}}, generating only what the cache lacks; one
-    pipeline in memory at a time (fp16 on CUDA)."""
+    pipeline in memory at a time (fp16 on CUDA).
+
+    Images are cached by model_cache_key (weights by content, sampling settings, dtype), never
+    by name, so a reused name with new weights regenerates. model_cfg (cfg.model) adds the base's
+    revision, variant, vae_path and unet_path. A model whose images are all cached is not loaded."""
     dtype = torch.float16 if str(ev.device).startswith("cuda") else torch.float32
+    base = {**({} if model_cfg is None else dict(model_cfg)), "path": base_path}
+    settings = {"steps": ev.steps, "guidance_scale": ev.guidance_scale, "resolution": resolution,
+                "negative_prompt": ev.get("negative_prompt"), "dtype": dtype, "device": ev.device}
     images = {}
     for spec in specs:
-        pipe = load_pipeline(base_path, unet=spec["unet"], lora=spec["lora"], device=ev.device, dtype=dtype)
-        paths, made = generate_cached(pipe, spec["name"], prompts, seeds, cache_dir, steps=ev.steps,
-                                      guidance_scale=ev.guidance_scale, resolution=resolution,
-                                      batch_size=ev.batch_size)
-        log.info("%s: %d images generated, %d from the cache", spec["name"], made, len(paths) - made)
+        key, pipe = model_cache_key(spec, base, settings), None
+        if cached_images(cache_dir, key, prompts, seeds)[1]:
+            pipe = load_pipeline(**pipeline_sources(spec, base), device=ev.device, dtype=dtype)
+            key = model_cache_key(spec, base, settings)  # a hub model's snapshot commit is known once loaded
+        paths, made = generate_cached(pipe, key, prompts, seeds, cache_dir, batch_size=ev.batch_size)
+        log.info("%s: %d images generated, %d from the cache (%s)", spec["name"], made, len(paths) - made,
+                 key.folder(cache_dir))
         images[spec["name"]] = paths
         del pipe
         gc.collect()
@@ -101,11 +116,12 @@ def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
     if ev.baseline not in [s["name"] for s in specs]:
         raise ValueError(f"eval.baseline={ev.baseline!r} is not one of the models {[s['name'] for s in specs]}")
     cache_dir = cfg.cache_dir or run_dir / "images"
-    images = sample_models(cfg.model.path, specs, prompts, seeds, cache_dir, ev, resolution)
+    images = sample_models(cfg.model.path, specs, prompts, seeds, cache_dir, ev, resolution, model_cfg=cfg.model)
     scores = score_images(ev.rewards, specs, images, keys)
-    rows = result_rows(scores, groups, specs, ev.baseline)
+    rows = result_rows(scores, groups, specs, ev.baseline, keys=keys, correction=ev.get("correction", "holm"),
+                       data_rewards=list(ev.get("data_rewards") or []))
     write_tables(rows, run_dir)
-    plot = plot_reward_vs_step(rows, run_dir / "reward_vs_step.png", ev.baseline)
+    plot = plot_results(rows, run_dir, ev.baseline)
 
     names = [s["name"] for s in specs]
     index = {k: i for i, k in enumerate(keys)}

@@ -11,7 +11,8 @@ from .report import COLUMNS
 def log_evaluation(run_dir: Path, rows: list[dict], gallery: list[dict], model_names: list[str],
                    project: str, mode: str, run_name: str | None, config: dict, max_samples: int = 16,
                    plot: Path | None = None) -> str:
-    """One wandb run: table "results", image "grid" (and "reward_vs_step"), image panels
+    """One wandb run: table "results", image "grid" (and the plot, keyed by its file's stem:
+    "reward_vs_step" or "comparison"), image panels
     "samples/<model>" (the first max_samples prompt/seed images of each model, same order) and a
     table "samples" of their scores. Returns the run's dir."""
     import wandb
@@ -22,7 +23,7 @@ def log_evaluation(run_dir: Path, rows: list[dict], gallery: list[dict], model_n
         run.log({"results": wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in rows])})
         run.log({"grid": wandb.Image(str(run_dir / "grid.png"))})
         if plot is not None:
-            run.log({"reward_vs_step": wandb.Image(str(plot))})
+            run.log({Path(plot).stem: wandb.Image(str(plot))})
         # Images go in per-model image panels, not in a table: wandb drops images inside tables of
         # offline runs (wandb/wandb#4611); the samples table carries the scores.
         shown = gallery[:max_samples]
@@ -37,6 +38,9 @@ def log_evaluation(run_dir: Path, rows: list[dict], gallery: list[dict], model_n
                 run.summary[f"{r['model']}/{r['reward']}"] = r["mean"]
                 if r.get("win_rate") is not None:
                     run.summary[f"{r['model']}/{r['reward']}_win_rate"] = r["win_rate"]
+                if r.get("diff") is not None:
+                    run.summary[f"{r['model']}/{r['reward']}_diff"] = r["diff"]
+                    run.summary[f"{r['model']}/{r['reward']}_p_adj"] = r["p_adj"]
         return run.dir
     finally:
         run.finish()

@@ -28,5 +28,8 @@ def evaluate_after_training(cfg: DictConfig, final: Path, run_dir: Path) -> list
     rows = run_evaluation(eval_cfg, out)
     for r in rows:
         if r["group"] == "all":
-            log.info("%-8s %-11s %.3f [%.3f, %.3f]", r["model"], r["reward"], r["mean"], r["ci_low"], r["ci_high"])
+            line = "%-8s %-11s %.3f [%.3f, %.3f]" % (r["model"], r["reward"], r["mean"], r["ci_low"], r["ci_high"])
+            if r.get("diff") is not None:
+                line += "  diff %+.3f [%.3f, %.3f], p_adj %.4f" % (r["diff"], r["diff_low"], r["diff_high"], r["p_adj"])
+            log.info("%s%s", line, " (used on the training data)" if r.get("used_in_training_data") else "")
     return rows

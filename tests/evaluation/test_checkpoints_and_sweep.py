@@ -13,6 +13,7 @@ from PIL import Image, ImageChops
 
 from t2i_align.evaluate import run_evaluation
 from t2i_align.evaluation.checkpoints import resolve_checkpoint
+from t2i_align.evaluation.sampling import cache_folders
 from tests.evaluation.test_evaluate import eval_cfg
 from tests.training.helpers import train
 
@@ -41,6 +42,12 @@ def test_resolve_checkpoint_forms(lora_run, tmp_path):
         resolve_checkpoint(tmp_path / "empty")
 
 
+def _folder(cache, name):
+    """The one image cache folder model `name` was sampled into."""
+    (folder,) = cache_folders(cache, name)
+    return folder
+
+
 def _image_diffs(folder_a, folder_b):
     pairs = list(zip(sorted(Path(folder_a).rglob("*.png")), sorted(Path(folder_b).rglob("*.png"))))
     assert pairs
@@ -61,8 +68,10 @@ def test_checkpoints_evaluate_like_final_and_log_to_wandb(lora_run, tmp_path):
     assert by[("final4", "pickscore")]["step"] == 4 and by[("mapo@2", "pickscore")]["step"] == 2
     assert by[("mapo@4", "pickscore")]["mean"] == pytest.approx(by[("final4", "pickscore")]["mean"])
     cache = tmp_path / "eval" / "images"
-    assert all(box is None for box in _image_diffs(cache / "mapo@4", cache / "final4"))
-    assert any(box is not None for box in _image_diffs(cache / "mapo@2", cache / "mapo@4")), \
+    # mapo@4 and final4 hold the same weights: one cache folder if their files are byte-identical
+    assert all(box is None for box in _image_diffs(_folder(cache, "mapo@4"), _folder(cache, "final4")))
+    assert _folder(cache, "mapo@2") != _folder(cache, "mapo@4")
+    assert any(box is not None for box in _image_diffs(_folder(cache, "mapo@2"), _folder(cache, "mapo@4"))), \
         "step 2 and step 4 LoRAs gave identical images"
     assert Image.open(tmp_path / "eval" / "reward_vs_step.png").size[0] > 0
     assert "reward_vs_step.png" in (tmp_path / "eval" / "report.html").read_text()
@@ -97,5 +106,5 @@ def test_multirun_sweep_over_checkpoints_writes_a_summary(lora_run, tmp_path):
     html = (sweep / "summary.html").read_text()
     assert "0/report.html" in html and "1/report.html" in html
     # the base model's images were made once and shared by both jobs through <sweep>/images
-    assert len(list((sweep / "images" / "base").rglob("*.png"))) == 2 * 2
+    assert len(list(_folder(sweep / "images", "base").glob("*.png"))) == 2 * 2
     assert json.loads((sweep / "1" / "results.json").read_text())[1]["model"] == "mapo@6"
