@@ -1,4 +1,5 @@
-"""The toy world's learning result (CI-sized): MaPO and DPO trained on a toy Pick-Style set built by
+"""The toy world's learning result (CI-sized): MaPO, DPO and InPO (its default: the frozen reference
+inverts) trained on a toy Pick-Style set built by
 our own builder raise the neon rate on held-out plain prompts well above the base model's, while
 prompt-following (colour, shape) does not collapse.
 
@@ -15,6 +16,7 @@ from tests.training.helpers import make_cfg
 
 NEON_GAIN = 0.50         # aligned neon rate - base neon rate on held-out plain prompts
 PROMPT_FOLLOWING_DROP = 0.15  # largest allowed drop of the colour rate and of the shape rate
+LEARNERS = ("mapo", "dpo", "inpo")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def toy_runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("T2I_ALIGN_CACHE", str(root / "cache"))
         results = {}
-        for method in ("mapo", "dpo"):
+        for method in LEARNERS:
             cfg = make_cfg([f"+exp=toy_{method}", "data.build_overrides=['dataset.pairs_per_prompt=3']"])
             run_dir = root / method
             final = run_training(cfg, run_dir)
@@ -32,7 +34,7 @@ def toy_runs(tmp_path_factory):
         return results
 
 
-@pytest.mark.parametrize("method", ["mapo", "dpo"])
+@pytest.mark.parametrize("method", LEARNERS)
 def test_alignment_raises_the_style_and_keeps_prompt_following(toy_runs, method):
     rates = toy_runs[method]
     base_neon, aligned_neon = rates[("base", "toy_style")], rates[(method, "toy_style")]
