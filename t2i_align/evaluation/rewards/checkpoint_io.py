@@ -100,3 +100,23 @@ def read_weights(path: PathLike, allow_pickle=None, aliases: Iterable[str] = (),
             f"{path} {what} ({reason}); unpickling can run arbitrary code, so it is only done on request: "
             f"if you trust this file, pass allow_pickle={path!r} to the loader"
         ) from None
+
+
+def locate_checkpoint(checkpoint, hub_repo: str, filename: str, default, what: str, argument: str,
+                      where: str) -> tuple["os.PathLike", tuple[str, ...]]:
+    """(local path, aliases) of a reward checkpoint given as a path, None (``default``) or
+    ``hub_repo`` (downloaded with huggingface_hub, and then ``hub_repo`` is an alias the pickle
+    opt-in may name). A missing file is a one-line error saying where to get it (``where``) and
+    which argument takes it."""
+    import pathlib
+
+    aliases: tuple[str, ...] = ()
+    if checkpoint == hub_repo:
+        from huggingface_hub import hf_hub_download
+
+        checkpoint, aliases = hf_hub_download(hub_repo, filename), (hub_repo,)
+    path = pathlib.Path(checkpoint) if checkpoint is not None else pathlib.Path(default)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found at {path}; download {filename} from {where} and pass "
+                                f"{argument}= (or place it at {default}, or pass {argument}={hub_repo!r})")
+    return path, aliases

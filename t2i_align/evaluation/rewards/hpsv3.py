@@ -275,18 +275,10 @@ def load_checkpoint(checkpoint=None, allow_pickle=None, device="cpu") -> tuple[d
     None. A ``{"model": state_dict}`` wrapper is unwrapped, as in ``hpsv3/inference.py``. Torch
     files that need pickle are refused unless ``allow_pickle`` names them. Tensors are read straight
     onto ``device`` (no second copy of the 16 GB file in host memory)."""
-    from .checkpoint_io import read_weights
+    from .checkpoint_io import locate_checkpoint, read_weights
 
-    aliases = ()
-    if checkpoint == HUB_REPO:
-        from huggingface_hub import hf_hub_download
-
-        checkpoint, aliases = hf_hub_download(HUB_REPO, CHECKPOINT_FILENAME), (HUB_REPO,)
-    path = pathlib.Path(checkpoint) if checkpoint is not None else default_checkpoint_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"HPSv3 checkpoint not found at {path}; download {CHECKPOINT_FILENAME} from the hub "
-                                f"repo {HUB_REPO} and pass checkpoint= (or place it at {default_checkpoint_path()}, "
-                                f"or pass checkpoint={HUB_REPO!r})")
+    path, aliases = locate_checkpoint(checkpoint, HUB_REPO, CHECKPOINT_FILENAME, default_checkpoint_path(), "HPSv3",
+                                      "checkpoint", f"the hub repo {HUB_REPO}")
     state = read_weights(path, allow_pickle=allow_pickle, aliases=aliases, device=str(device))
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

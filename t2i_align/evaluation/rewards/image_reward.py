@@ -202,18 +202,10 @@ def load_checkpoint(checkpoint_path=None, allow_pickle=None) -> dict[str, torch.
     :class:`~.checkpoint_io.PickleNotAllowedError` unless ``allow_pickle`` names it (its path, or
     the hub id it was downloaded for).
     """
-    from .checkpoint_io import read_weights
+    from .checkpoint_io import locate_checkpoint, read_weights
 
-    aliases = ()
-    if checkpoint_path == HUB_REPO:
-        from huggingface_hub import hf_hub_download
-
-        checkpoint_path, aliases = hf_hub_download(HUB_REPO, CHECKPOINT_FILENAME), (HUB_REPO,)
-    path = pathlib.Path(checkpoint_path) if checkpoint_path is not None else default_checkpoint_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageReward checkpoint not found at {path}; download {CHECKPOINT_FILENAME} from "
-                                f"{CHECKPOINT_URL} and pass checkpoint_path= (or place it at "
-                                f"{default_checkpoint_path()}, or pass checkpoint_path={HUB_REPO!r})")
+    path, aliases = locate_checkpoint(checkpoint_path, HUB_REPO, CHECKPOINT_FILENAME, default_checkpoint_path(),
+                                      "ImageReward", "checkpoint_path", CHECKPOINT_URL)
     state = read_weights(path, allow_pickle=allow_pickle, aliases=aliases)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
