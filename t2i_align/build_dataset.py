@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from t2i_align.data.builders.card import write_card
 from t2i_align.data.builders.shards import check_plan, run_shards, shard_ranges, shard_stats
+from t2i_align.errors import InputError
+from t2i_align.cli import one_line_errors, quiet_libraries
 
 log = logging.getLogger("t2i_align.build_dataset")
 
@@ -81,10 +83,31 @@ def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
     return plan, len(items), make_rows, PAIR_SCHEMA, ds.name, ds.description
 
 
-def build(cfg: DictConfig, run_dir) -> Path:
-    """Build (or finish) the dataset configured under cfg.dataset; return its folder."""
+def check_enough_pairs(out_dir: Path, stats: dict, plan: dict, min_pairs: int) -> None:
+    """Refuse a build that kept fewer than `min_pairs` pairs (say how many were generated, what
+    removed them and what to do); it is then not recorded as finished (no build_info.json)."""
+    if stats["rows"] >= min_pairs:
+        return
+    removed = stats["planned"] - stats["rows"]
+    filt = plan.get("filter") or {}
+    if filt.get("reward"):
+        why = (f"the reward filter removed {removed}: dataset.filter.reward={filt['reward']} keeps a pair only when "
+               f"the chosen image beats the rejected one by dataset.filter.margin={filt.get('margin')}")
+        fix = ("use a base model whose chosen and rejected prompts really differ (a pretrained model, not a random "
+               "one), lower dataset.filter.margin, turn the filter off (dataset.filter.reward=null), or build more "
+               "pairs (dataset.num_prompts / dataset.pairs_per_prompt)")
+    else:
+        why = f"{removed} were not kept"
+        fix = "build more pairs (dataset.num_prompts / dataset.pairs_per_prompt)"
+    raise InputError(f"{out_dir}: the build kept {stats['rows']} of {stats['planned']} generated pairs, fewer than "
+                     f"the {min_pairs} needed; {why}. It is not recorded as a finished dataset. To fix: {fix}")
+
+
+def build(cfg: DictConfig, run_dir, min_pairs: int = 1) -> Path:
+    """Build (or finish) the dataset configured under cfg.dataset; return its folder. A build that
+    keeps fewer than `min_pairs` pairs (cfg.min_pairs when set) fails with check_enough_pairs."""
     if "dataset" not in cfg:
-        raise ValueError("choose a dataset: +dataset=pick_style_cartoon | pick_style_pixel_art | pick_safety | "
+        raise InputError("choose a dataset: +dataset=pick_style_cartoon | pick_style_pixel_art | pick_safety | "
                          "prefix_pair | pick_double_caption")
     state = _process_state()
     out_dir = _shared_out_dir(cfg, run_dir, state)
@@ -93,7 +116,7 @@ def build(cfg: DictConfig, run_dir) -> Path:
 
     builders = {"prefix_pair": _plan_and_rows_prefix_pair, "double_caption": plan_and_rows_double_caption}
     if cfg.dataset.builder not in builders:
-        raise ValueError(f"unknown dataset.builder {cfg.dataset.builder!r}; known: {sorted(builders)}")
+        raise InputError(f"unknown dataset.builder {cfg.dataset.builder!r}; known: {sorted(builders)}")
     plan, num_items, make_rows, schema, title, description = builders[cfg.dataset.builder](cfg, device)
 
     if state.is_main_process:
@@ -108,8 +131,9 @@ def build(cfg: DictConfig, run_dir) -> Path:
                             world_size=state.num_processes, progress=bar.update)
     log.info("process %d: %d shards made, %d already finished", state.process_index, counts["made"], counts["skipped"])
     state.wait_for_everyone()
+    stats = shard_stats(out_dir)
+    check_enough_pairs(out_dir, stats, plan, max(min_pairs, int(cfg.get("min_pairs") or 1)))
     if state.is_main_process:
-        stats = shard_stats(out_dir)
         command = "python -m t2i_align.build_dataset " + " ".join(sys.argv[1:])
         write_card(out_dir, title, description, plan, stats, schema.names, command)
         (out_dir / "build_info.json").write_text(json.dumps({"plan": plan, **stats}, indent=2, default=str))
@@ -124,8 +148,9 @@ def build(cfg: DictConfig, run_dir) -> Path:
 
 
 @hydra.main(config_path="../conf", config_name="build_dataset", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("t2i_align").setLevel(logging.INFO)
+    quiet_libraries()
     build(cfg, HydraConfig.get().runtime.output_dir)
 
 

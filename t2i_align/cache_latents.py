@@ -16,6 +16,7 @@ import time
 import hydra
 import torch
 from omegaconf import DictConfig
+from t2i_align.cli import one_line_errors, quiet_libraries
 
 log = logging.getLogger("t2i_align.cache")
 
@@ -30,7 +31,7 @@ def build_cache(cfg: DictConfig) -> str:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     m_cfg, d_cfg = cfg.model, cfg.data
-    data_path = resolve_data_path(d_cfg, m_cfg)
+    data_path = resolve_data_path(d_cfg, m_cfg, min_pairs=cfg.trainer.batch_size)
     resolution = int(d_cfg.resolution or m_cfg.resolution)
     per_image = cfg.method.captions == "per_image"
     vae_dtype = torch.float32 if m_cfg.vae_fp32 else DTYPES[cfg.trainer.mixed_precision]
@@ -45,14 +46,14 @@ def build_cache(cfg: DictConfig) -> str:
     te_dtype = DTYPES[cfg.trainer.mixed_precision]
     for encoder in parts.text_encoders:
         encoder.to(state.device, dtype=te_dtype)
-    table = load_table(d_cfg, data_path, cfg.trainer.seed)
+    table, _ = load_table(d_cfg, data_path, cfg.trainer.seed, per_image)
     started = time.perf_counter()
     build_latent_cache(table, folder, key, vae=parts.vae, text_encoders=parts.text_encoders,
                        tokenizers=parts.tokenizers, family=parts.family, resolution=resolution,
                        flip_variants=d_cfg.cache.flip_variants, per_image_captions=per_image,
                        storage_dtype=d_cfg.cache.dtype, shard_size=d_cfg.cache.shard_size,
                        batch_size=d_cfg.cache.batch_size, store_std=d_cfg.cache.get("store_std", True),
-                       process_index=state.process_index,
+                       max_image_pixels=d_cfg.get("max_image_pixels"), process_index=state.process_index,
                        num_processes=state.num_processes, wait=state.wait_for_everyone)
     seconds = time.perf_counter() - started
     if state.is_main_process:
@@ -64,8 +65,9 @@ def build_cache(cfg: DictConfig) -> str:
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("t2i_align").setLevel(logging.INFO)
+    quiet_libraries()
     build_cache(cfg)
 
 

@@ -28,6 +28,8 @@ from t2i_align.evaluation.report import write_html, write_tables
 from t2i_align.evaluation.rewards import load_reward
 from t2i_align.evaluation.sampling import (cached_images, generate_cached, load_pipeline, model_cache_key,
                                            pipeline_sources)
+from t2i_align.errors import InputError
+from t2i_align.cli import one_line_errors, quiet_libraries
 
 log = logging.getLogger("t2i_align.evaluate")
 
@@ -46,7 +48,7 @@ def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> l
             spec = resolve_checkpoint(item["checkpoint"])
             spec["name"] = str(item.get("name") or spec["name"])
         elif "name" not in item:
-            raise ValueError(f"models entry {item} needs a name (or a checkpoint to name it after)")
+            raise InputError(f"models entry {item} needs a name (or a checkpoint to name it after)")
         else:
             spec = {"name": str(item["name"]), "unet": item.get("unet"), "lora": item.get("lora"),
                     "step": item.get("step")}
@@ -55,7 +57,7 @@ def model_specs(base_path: str, extra: list, checkpoint: str | None = None) -> l
         specs.append(spec)
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique, got {names}")
+        raise InputError(f"model names must be unique, got {names}")
     return specs
 
 
@@ -114,7 +116,7 @@ def run_evaluation(cfg: DictConfig, run_dir) -> list[dict]:
     groups = [g for _, g in prompt_set for _ in seeds]
     specs = model_specs(cfg.model.path, cfg.models, cfg.get("checkpoint"))
     if ev.baseline not in [s["name"] for s in specs]:
-        raise ValueError(f"eval.baseline={ev.baseline!r} is not one of the models {[s['name'] for s in specs]}")
+        raise InputError(f"eval.baseline={ev.baseline!r} is not one of the models {[s['name'] for s in specs]}")
     cache_dir = cfg.cache_dir or run_dir / "images"
     images = sample_models(cfg.model.path, specs, prompts, seeds, cache_dir, ev, resolution, model_cfg=cfg.model)
     scores = score_images(ev.rewards, specs, images, keys)
@@ -159,8 +161,9 @@ def default_cache_dir(cfg: DictConfig, output_dir: str) -> str:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("t2i_align").setLevel(logging.INFO)
+    quiet_libraries()
     output_dir = HydraConfig.get().runtime.output_dir
     cfg.cache_dir = default_cache_dir(cfg, output_dir)
     run_evaluation(cfg, output_dir)

@@ -17,6 +17,8 @@ from t2i_align.evaluate import model_specs, sample_models
 from t2i_align.evaluation.grid_image import comparison_grid
 from t2i_align.evaluation.prompts import load_prompts
 from t2i_align.evaluation.rewards import load_reward
+from t2i_align.errors import InputError
+from t2i_align.cli import one_line_errors, quiet_libraries
 
 log = logging.getLogger("t2i_align.grid")
 
@@ -37,7 +39,7 @@ def make_grid(cfg: DictConfig, run_dir) -> Path:
     scores = None
     if cfg.score_with:
         if cfg.score_with not in ev.rewards:
-            raise ValueError(f"score_with={cfg.score_with!r} is not in eval.rewards ({list(ev.rewards)})")
+            raise InputError(f"score_with={cfg.score_with!r} is not in eval.rewards ({list(ev.rewards)})")
         reward = load_reward(cfg.score_with, **OmegaConf.to_container(ev.rewards[cfg.score_with], resolve=True))
         per_model = {m: reward(images[m], prompts).tolist() for m in names}
         scores = [[per_model[m][i] for m in names] for i in range(len(prompts))]
@@ -50,8 +52,9 @@ def make_grid(cfg: DictConfig, run_dir) -> Path:
 
 
 @hydra.main(config_path="../conf", config_name="grid", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("t2i_align").setLevel(logging.INFO)
+    quiet_libraries()
     make_grid(cfg, HydraConfig.get().runtime.output_dir)
 
 

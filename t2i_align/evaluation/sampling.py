@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from t2i_align.evaluation import fingerprint
+from t2i_align.errors import InputError, InputNotFoundError
 
 log = logging.getLogger("t2i_align.sampling")
 
@@ -113,7 +114,7 @@ def _base_identity(path: str, revision: str | None) -> tuple[dict, Path | None]:
         folder = Path(resolved).expanduser()
         return {"content": fingerprint.files_fingerprint(folder, fingerprint.pipeline_files(folder))}, folder
     if _is_local(resolved):
-        raise FileNotFoundError(f"model path {path} does not exist (expected a diffusers pipeline folder)")
+        raise InputNotFoundError(f"model path {path} does not exist (expected a diffusers pipeline folder)")
     return _hub_identity(resolved, revision), fingerprint.hub_snapshot(resolved, revision)
 
 
@@ -164,7 +165,7 @@ def model_cache_key(spec: dict, base, settings: dict) -> ModelKey:
     images is in the key; the name and paths only in its source (see the module docstring)."""
     missing = [k for k in ("steps", "guidance_scale", "resolution") if settings.get(k) is None]
     if missing:
-        raise ValueError(f"model_cache_key: settings lack {missing}")
+        raise InputError(f"model_cache_key: settings lack {missing}")
     src = pipeline_sources(spec, base)
     base_id, base_folder = _base_identity(src["base"], src["revision"])
     lora = None
@@ -197,17 +198,17 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
     SDXL VAE). unet / vae: a model folder, a pipeline or run folder with unet/ / vae/, or a hub id."""
     from diffusers import AutoencoderKL, AutoPipelineForText2Image, UNet2DConditionModel
 
-    from t2i_align.models.loading import _override_location
+    from t2i_align.models.loading import _override_location, dtype_argument
     from t2i_align.models.tiny import resolve_model_path
 
     base = resolve_model_path(base)
-    kwargs = {"torch_dtype": dtype, "revision": revision, "variant": variant}
+    kwargs = {**dtype_argument(dtype), "revision": revision, "variant": variant}
     if unet is not None:
         src, sub = _override_location(str(unet), "unet", "UNet")
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(src, subfolder=sub, torch_dtype=dtype)
+        kwargs["unet"] = UNet2DConditionModel.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
     if vae is not None:
         src, sub = _override_location(str(vae), "vae", "VAE")
-        kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, torch_dtype=dtype)
+        kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
     pipe = AutoPipelineForText2Image.from_pretrained(base, **kwargs)
     if lora is not None:
         pipe.load_lora_weights(lora)
@@ -237,7 +238,7 @@ def check_pipeline(pipe, model_key: ModelKey) -> None:
             if changed:
                 problems.append(f"scheduler config differs in {changed}")
     if problems:
-        raise ValueError(f"the pipeline does not match its cache key ({'; '.join(problems)}): make the key "
+        raise InputError(f"the pipeline does not match its cache key ({'; '.join(problems)}): make the key "
                          "with the settings it samples with (settings dtype, device, scheduler=pipe.scheduler)")
 
 
@@ -363,7 +364,7 @@ def generate_cached(pipe, model_key: ModelKey, prompts: list[str], seeds: list[i
                         f"{model_key!r}: a name alone cannot tell which weights made the cached images")
     paths, missing = cached_images(cache_dir, model_key, prompts, seeds)
     if missing and pipe is None:
-        raise ValueError(f"{len(missing)} images of {model_key.source.get('name')} are not cached "
+        raise InputError(f"{len(missing)} images of {model_key.source.get('name')} are not cached "
                          "and no pipeline was given")
     if missing:
         check_pipeline(pipe, model_key)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .tiny import resolve_model_path
+from t2i_align.errors import InputError, InputNotFoundError
 
 FAMILIES = ("sdxl", "sd")
 
@@ -35,6 +36,14 @@ class DiffusionParts:
     source: str  # resolved local folder or hub id
 
 
+
+def dtype_argument(dtype) -> dict:
+    """The dtype keyword of diffusers' from_pretrained: `dtype` where diffusers has it (it
+    deprecates `torch_dtype` with a warning on every call), `torch_dtype` on older releases."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
 def _required_subfolders(family: str) -> tuple[str, ...]:
     base = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
     return base + ("text_encoder_2", "tokenizer_2") if family == "sdxl" else base
@@ -52,7 +61,7 @@ def _detect_family(source: str, revision: str | None) -> str:
     from diffusers import DiffusionPipeline
 
     if _is_local(source) and not (pathlib.Path(source) / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{source} is not a diffusers pipeline folder: model_index.json is missing "
             f"(pass family='sdxl' or 'sd' explicitly, or point to the pipeline's root folder)"
         )
@@ -67,12 +76,12 @@ def _check_local_folder(source: str) -> None:
     """Clear error when a local model path is missing or is a file (e.g. a single-file checkpoint)."""
     root = pathlib.Path(source).expanduser()
     if root.is_file():
-        raise ValueError(
+        raise InputError(
             f"model path {source} is a file, not a diffusers pipeline folder (single-file checkpoints are "
             f"not supported: convert with diffusers' from_single_file(...).save_pretrained(folder))"
         )
     if not root.is_dir():
-        raise FileNotFoundError(f"model path {source} does not exist (expected a diffusers pipeline folder)")
+        raise InputNotFoundError(f"model path {source} does not exist (expected a diffusers pipeline folder)")
 
 
 def _check_subfolders(source: str, family: str) -> None:
@@ -80,7 +89,7 @@ def _check_subfolders(source: str, family: str) -> None:
     root = pathlib.Path(source).expanduser()
     missing = [name for name in _required_subfolders(family) if not (root / name).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{source} is not a complete diffusers {family} pipeline folder: missing subfolder(s) "
             f"{', '.join(missing)}"
         )
@@ -97,7 +106,7 @@ def _override_location(path: str, subfolder: str, what: str) -> tuple[str, str |
         return str(root), None
     if (root / subfolder / "config.json").is_file():
         return str(root), subfolder
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"{what} path {path} holds neither config.json nor {subfolder}/config.json "
         f"(expected a diffusers {what} folder or a pipeline folder with a {subfolder}/ subfolder)"
     )
@@ -108,7 +117,7 @@ def _check_unet_family(unet, family: str, where: str) -> None:
     is_xl = unet.config.get("addition_embed_type") == "text_time"
     if is_xl != (family == "sdxl"):
         kind = "an SDXL" if is_xl else "an SD (non-XL)"
-        raise ValueError(f"the UNet from {where} is {kind} UNet, but family={family!r} was requested")
+        raise InputError(f"the UNet from {where} is {kind} UNet, but family={family!r} was requested")
 
 
 def _freeze(module):
@@ -150,7 +159,7 @@ def load_parts(
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)} (or None to detect)")
+        raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)} (or None to detect)")
     source = resolve_model_path(path)
     local = _is_local(source)
     if local:
@@ -168,7 +177,7 @@ def load_parts(
     noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **hub)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(
+        raise InputError(
             f"{source}: scheduler prediction_type {prediction_type!r} is not supported "
             f"(expected 'epsilon' or 'v_prediction')"
         )
@@ -187,15 +196,15 @@ def load_parts(
         vae = None
     elif vae_path is not None:
         vae_src, vae_sub = _override_location(vae_path, "vae", "VAE")
-        vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_sub, torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_sub, **dtype_argument(torch.float32))
     else:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **weights)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **dtype_argument(torch.float32), **weights)
 
     if unet_path is not None:
         unet_src, unet_sub = _override_location(unet_path, "unet", "UNet")
-        unet = UNet2DConditionModel.from_pretrained(unet_src, subfolder=unet_sub, torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(unet_src, subfolder=unet_sub, **dtype_argument(torch.float32))
     else:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32, **weights)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **dtype_argument(torch.float32), **weights)
     _check_unet_family(unet, family, unet_path or source)
     unet.requires_grad_(True)
     unet.train()
