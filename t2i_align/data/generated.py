@@ -18,6 +18,7 @@ import random
 
 import datasets
 from PIL import Image, ImageDraw, ImageEnhance
+from t2i_align.errors import InputError
 
 COLOURS = {
     "red": (230, 30, 30),
@@ -87,9 +88,9 @@ def generated_pairs_table(num_pairs: int = 64, seed: int = 0, size: int = 64) ->
     caption_0, caption_1 (per-image captions in image order).
     """
     if num_pairs < 1:
-        raise ValueError(f"num_pairs must be at least 1, got {num_pairs}")
+        raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
     if size < 8:
-        raise ValueError(f"size must be at least 8 pixels, got {size}")
+        raise InputError(f"size must be at least 8 pixels, got {size}")
     rng = random.Random(seed)
     columns = {name: [] for name in FEATURES}
     for row in range(num_pairs):

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import datasets
+from t2i_align.errors import InputError, InputNotFoundError
 
 REQUIRED_KEYS = ("prompt", "chosen", "rejected")
 CAPTION_KEYS = ("chosen_caption", "rejected_caption")
@@ -21,7 +22,7 @@ CAPTION_KEYS = ("chosen_caption", "rejected_caption")
 def _resolve(image_path, folder: Path, where: str, key: str) -> str:
     """Absolute path string for one image entry, relative paths taken from `folder`."""
     if not isinstance(image_path, str) or not image_path:
-        raise ValueError(f"{where}: key {key!r} must be a non-empty image path string, got {image_path!r}")
+        raise InputError(f"{where}: key {key!r} must be a non-empty image path string, got {image_path!r}")
     path = Path(image_path).expanduser()
     return str(path if path.is_absolute() else (folder / path))
 
@@ -31,12 +32,12 @@ def _parse_line(text: str, where: str) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from error
+        raise InputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from error
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{where}: missing key(s) {missing}; each line needs {list(REQUIRED_KEYS)} "
             f"(optional: {list(CAPTION_KEYS)}); keys found: {sorted(record)}"
         )
@@ -48,7 +49,7 @@ def read_jsonl_pairs(path: str) -> datasets.Dataset:
     and caption_0 / caption_1 when the lines carry per-image captions (all lines or none)."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"JSONL pairs file not found: {file}")
+        raise InputNotFoundError(f"JSONL pairs file not found: {file}")
     folder = file.resolve().parent
     columns = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "caption_0": [], "caption_1": []}
     with_captions = None  # decided by the first record: all lines must then agree
@@ -62,12 +63,12 @@ def read_jsonl_pairs(path: str) -> datasets.Dataset:
             if with_captions is None:
                 with_captions = has_captions
             if has_captions != with_captions or (has_captions and not all(k in record for k in CAPTION_KEYS)):
-                raise ValueError(
+                raise InputError(
                     f"{where}: give both per-image captions {list(CAPTION_KEYS)} on every line or on none "
                     f"(the first line {'had' if with_captions else 'lacked'} them); keys found: {sorted(record)}"
                 )
             if not isinstance(record["prompt"], str):
-                raise ValueError(f"{where}: key 'prompt' must be a string, got {record['prompt']!r}")
+                raise InputError(f"{where}: key 'prompt' must be a string, got {record['prompt']!r}")
             columns["caption"].append(record["prompt"])
             columns["jpg_0"].append(_resolve(record["chosen"], folder, where, "chosen"))
             columns["jpg_1"].append(_resolve(record["rejected"], folder, where, "rejected"))
@@ -76,7 +77,7 @@ def read_jsonl_pairs(path: str) -> datasets.Dataset:
                 columns["caption_0"].append(str(record["chosen_caption"]))
                 columns["caption_1"].append(str(record["rejected_caption"]))
     if not columns["caption"]:
-        raise ValueError(f"{file}: no pairs (the file is empty)")
+        raise InputError(f"{file}: no pairs (the file is empty)")
     if not with_captions:
         del columns["caption_0"], columns["caption_1"]
     features = datasets.Features(

@@ -36,16 +36,18 @@ from pathlib import Path
 
 import torch
 
-from t2i_align.data.dataset import read_pair
+from t2i_align.data.dataset import read_pair, split_skipped
+from t2i_align.data.images import BadImageError
 from t2i_align.data.transforms import short_side_size, pair_transform
+from t2i_align.errors import InputError, InputNotFoundError
 
 log = logging.getLogger("t2i_align.cache")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: alpha over white, EXIF orientation, 16-bit grey scaled (data/images.py)
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CacheKeyMismatch(ValueError):
+class CacheKeyMismatch(InputError):
     """A cache folder was built with other settings than the ones asked for."""
 
 
@@ -125,12 +127,14 @@ def _shard_name(k: int, n: int) -> str:
 
 @torch.no_grad()
 def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bool, per_image_captions: bool,
-                  caption_ids: dict, storage_dtype, batch_size: int, store_std: bool = True) -> dict:
+                  caption_ids: dict, storage_dtype, batch_size: int, store_std: bool = True,
+                  max_image_pixels: int | None = None) -> dict:
     """The tensors of one shard (rows in table order; unreadable rows have valid = 0)."""
     from t2i_align.training.step import encode_posterior
 
     count = len(rows)
     out = {"valid": torch.zeros(count, dtype=torch.uint8), "row": torch.tensor(list(rows), dtype=torch.long),
+           "source_row": torch.tensor(list(rows), dtype=torch.long),
            "caption_w": torch.zeros(count, dtype=torch.long), "caption_l": torch.zeros(count, dtype=torch.long),
            "original_size_w": torch.zeros(count, 2, dtype=torch.long),
            "original_size_l": torch.zeros(count, 2, dtype=torch.long),
@@ -157,8 +161,12 @@ def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bo
         pending.clear()
 
     for j, index in enumerate(rows):
-        found = read_pair(table[index], index, per_image_captions)
-        if found is None:
+        row = table[index]
+        out["source_row"][j] = int(row.get("source_row", index))
+        try:
+            found = read_pair(row, index, per_image_captions, max_image_pixels)
+        except BadImageError as error:
+            log.warning("latent cache: skipping pair: %s", error)
             continue
         image_w, image_l, _, caption_w, caption_l = found
         # Centre crop without flip (random_crop=False draws nothing from rng), as PreferencePairs does.
@@ -202,7 +210,7 @@ def _encode_captions(captions: list[str], text_encoders, tokenizers, family: str
 def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenizers, family: str,
                        resolution: int, flip_variants: bool, per_image_captions: bool,
                        storage_dtype: str = "float16", shard_size: int = 1024, batch_size: int = 16,
-                       store_std: bool = True,
+                       store_std: bool = True, max_image_pixels: int | None = None,
                        process_index: int = 0, num_processes: int = 1, wait=lambda: None) -> Path:
     """Build (or finish) the cache of `table` in `folder`. Every process calls it; shard k is
     encoded by process k mod num_processes; `wait` is a barrier (accelerator.wait_for_everyone).
@@ -241,7 +249,7 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
         rows = range(k * shard_size, min(num_rows, (k + 1) * shard_size))
         tensors = _encode_shard(table, rows, vae=vae, resolution=resolution, flip_variants=flip_variants,
                                 per_image_captions=per_image_captions, caption_ids=ids, storage_dtype=dtype,
-                                batch_size=batch_size, store_std=store_std)
+                                batch_size=batch_size, store_std=store_std, max_image_pixels=max_image_pixels)
         _atomic_save(tensors, path)
         log.info("latent cache: shard %d/%d written (%d rows)", k + 1, num_shards, len(rows))
     wait()
@@ -266,8 +274,8 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
 class CachedPairs(torch.utils.data.Dataset):
     """The pairs of a latent cache, with PreferencePairs' indexing and augmentation stream.
 
-    Item i is table row i (None for a row whose images were unreadable at build time, skipped and
-    counted as in the image path). The flip of item i in an epoch is drawn from the same
+    Item i is table row i ({"index", "skipped": why} for a row whose images were unreadable at
+    build time, skipped and counted as in the image path). The flip of item i in an epoch is drawn from the same
     random.Random(seed, epoch, index) as PreferencePairs draws it, so with the same seed the two
     datasets flip the same pairs. Shards are read through memory-mapped safetensors, opened lazily
     in each process (DataLoader workers included).
@@ -277,12 +285,12 @@ class CachedPairs(torch.utils.data.Dataset):
         folder = Path(folder)
         info_path = folder / "cache_info.json"
         if not info_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a finished latent cache (no cache_info.json)")
+            raise InputNotFoundError(f"{folder} is not a finished latent cache (no cache_info.json)")
         self.folder = folder
         self.info = json.loads(info_path.read_text())
         self.key = json.loads((folder / "cache_key.json").read_text())
         if random_flip and not self.info["flip_variants"]:
-            raise ValueError(f"data.random_flip=true, but the latent cache {folder} holds no flipped variants; "
+            raise InputError(f"data.random_flip=true, but the latent cache {folder} holds no flipped variants; "
                              "set data.cache.flip_variants=true (a new cache) or data.random_flip=false")
         self.random_flip = random_flip
         self.seed = seed
@@ -319,13 +327,15 @@ class CachedPairs(torch.utils.data.Dataset):
     def __getstate__(self):
         return {**self.__dict__, "_handles": {}, "_pid": None}
 
-    def __getitem__(self, index) -> dict | None:
+    def __getitem__(self, index) -> dict:
         index = int(index)
         shard = self._open(self.shard_paths[index // self.info["shard_size"]])
         j = index % self.info["shard_size"]
         row = lambda name: shard.get_slice(name)[j:j + 1][0]  # noqa: E731
         if int(row("valid")) == 0:
-            return None
+            source_row = int(row("source_row")) if "source_row" in shard.keys() else index
+            return {"index": index, "skipped": f"row {source_row} had an unreadable image when the latent cache "
+                                               f"{self.folder} was built (the build's log says why)"}
         flip = False
         if self.random_flip:  # PreferencePairs' stream: no crop draw (centre crop), then the flip
             rng = random.Random(f"t2i_align:{self.seed}:{self.epoch}:{index}")
@@ -347,8 +357,8 @@ class CachedPairs(torch.utils.data.Dataset):
 def collate_cached(items: list, empty_captions: dict, scaling_factor: float, shift_factor) -> dict:
     """Stack the good items of a batch (collate_pairs' contract for cached pairs); `empty_captions`:
     CachedPairs.empty_captions, the embedding caption dropout substitutes."""
-    good = [item for item in items if item is not None]
-    batch = {"size": len(good), "num_skipped": len(items) - len(good)}
+    good, skipped = split_skipped(items)
+    batch = {"size": len(good), "num_skipped": len(skipped), "skipped": skipped}
     if not good:
         return batch
     stack = lambda name: torch.stack([item[name] for item in good])  # noqa: E731

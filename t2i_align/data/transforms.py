@@ -15,6 +15,7 @@ import random
 import numpy as np
 import torch
 from PIL import Image
+from t2i_align.errors import InputError
 
 
 def short_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -59,7 +60,7 @@ def pair_transform(
     "crop_top_left": (top, left) in the resized image, SDXL convention}.
     """
     if resolution <= 0:
-        raise ValueError(f"resolution must be positive, got {resolution}")
+        raise InputError(f"resolution must be positive, got {resolution}")
     original_w = (image_w.height, image_w.width)
     original_l = (image_l.height, image_l.width)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .metrics import holm_adjust, mean_confidence_interval, paired_difference, win_rate
+from t2i_align.errors import InputError
 
 CORRECTIONS = ("holm", "none")
 COMPARISON_FIELDS = ("diff", "diff_low", "diff_high", "p_value", "p_adj", "significant",
@@ -44,12 +45,12 @@ def result_rows(scores: dict, groups: list[str], models: list[dict], baseline: s
     come from more than one group."""
     names = [m["name"] for m in models]
     if baseline not in names:
-        raise ValueError(f"eval.baseline={baseline!r} is not one of the models {names}")
+        raise InputError(f"eval.baseline={baseline!r} is not one of the models {names}")
     if correction not in CORRECTIONS:
-        raise ValueError(f"eval.correction must be one of {CORRECTIONS}, got {correction!r}")
+        raise InputError(f"eval.correction must be one of {CORRECTIONS}, got {correction!r}")
     keys = [(i, 0) for i in range(len(groups))] if keys is None else [tuple(k) for k in keys]
     if len(keys) != len(groups):
-        raise ValueError(f"{len(keys)} keys but {len(groups)} groups")
+        raise InputError(f"{len(keys)} keys but {len(groups)} groups")
     data_rewards = set(data_rewards)
     rows = []
     for reward, per_model in scores.items():
@@ -79,7 +80,7 @@ def correct_comparisons(rows: list[dict], correction: str = "holm", confidence: 
     as one family: Holm-Bonferroni (Holm 1979) or none (p_adj = p_value). Comparisons without
     a test (NaN p, one prompt) are not counted and never significant."""
     if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+        raise InputError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     rows = [dict(r) for r in rows]
     compared = [r for r in rows if r.get("p_value") is not None]
     p_values = [r["p_value"] for r in compared]

@@ -12,6 +12,7 @@ sweeps over checkpoints can plot reward against step.
 import json
 import re
 from pathlib import Path
+from t2i_align.errors import InputError, InputNotFoundError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -43,15 +44,15 @@ def resolve_checkpoint(path) -> dict:
     """{"name", "unet", "lora", "step"} for a trained model at `path` (see the module docstring)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InputNotFoundError(f"checkpoint {path} does not exist")
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"checkpoint {path}: a file must be LoRA weights (.safetensors)")
+            raise InputError(f"checkpoint {path}: a file must be LoRA weights (.safetensors)")
         return {"name": path.parent.name, "unet": None, "lora": str(path), "step": _step_of(path.parent)}
     if (path / "final").is_dir() or (path / "checkpoints").is_dir():  # a run directory
         chosen = path / "final" if (path / "final").is_dir() else _latest_checkpoint(path)
         if chosen is None:
-            raise FileNotFoundError(f"run {path} has neither final/ nor a checkpoints/step_N folder")
+            raise InputNotFoundError(f"run {path} has neither final/ nor a checkpoints/step_N folder")
         return resolve_checkpoint(chosen)
     step = _step_of(path)
     name = _run_name(path) + ("" if step is None else f"@{step}")
@@ -60,6 +61,6 @@ def resolve_checkpoint(path) -> dict:
     if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
         return {"name": name, "unet": str(path), "lora": None, "step": step}
     if (path / "unet_lora.safetensors").is_file():
-        raise ValueError(f"checkpoint {path} predates diffusers-format LoRA checkpoints (no {LORA_FILE}); "
+        raise InputError(f"checkpoint {path} predates diffusers-format LoRA checkpoints (no {LORA_FILE}); "
                          "evaluate its run's final/ instead")
-    raise ValueError(f"checkpoint {path}: no {LORA_FILE}, no UNet config.json (nor unet/config.json)")
+    raise InputError(f"checkpoint {path}: no {LORA_FILE}, no UNet config.json (nor unet/config.json)")

@@ -25,6 +25,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from t2i_align.errors import InputNotFoundError
 
 SIDECAR_MIN_BYTES = 8 << 20  # smaller files are hashed every time (cheaper than a sidecar look-up)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -120,7 +121,7 @@ def lora_files(path) -> list[Path]:
         found = sorted(p for p in path.glob(f"*{suffix}") if p.is_file())
         if found:
             return found
-    raise FileNotFoundError(f"LoRA path {path} holds no .safetensors or .bin weights")
+    raise InputNotFoundError(f"LoRA path {path} holds no .safetensors or .bin weights")
 
 
 def hub_commit(repo_id: str, revision: str | None = None) -> str | None:

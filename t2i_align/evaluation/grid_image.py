@@ -4,6 +4,7 @@ under each image. Pure PIL, so it works from freshly generated images or from a 
 import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
+from t2i_align.errors import InputError
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -27,11 +28,11 @@ def comparison_grid(images: list[list[Image.Image]], row_labels: list[str], colu
     """
     rows, columns = len(images), len(column_labels)
     if rows == 0 or any(len(r) != columns for r in images):
-        raise ValueError(f"images must be a non-empty rows x {columns} table (one per model)")
+        raise InputError(f"images must be a non-empty rows x {columns} table (one per model)")
     if len(row_labels) != rows:
-        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+        raise InputError(f"{len(row_labels)} row labels for {rows} rows")
     if scores is not None and (len(scores) != rows or any(len(r) != columns for r in scores)):
-        raise ValueError("scores must have the same rows x columns shape as images")
+        raise InputError("scores must have the same rows x columns shape as images")
     below = score_height if scores is not None else 0
     width = label_width + columns * cell
     height = header_height + rows * (cell + below)

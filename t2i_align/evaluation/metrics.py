@@ -23,6 +23,7 @@ import math
 from statistics import NormalDist
 
 import torch
+from t2i_align.errors import InputError
 
 
 def z_value(confidence: float) -> float:
@@ -33,7 +34,7 @@ def z_value(confidence: float) -> float:
 
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
 
 
 def t_central_mass(t: float, df: int) -> float:
@@ -43,7 +44,7 @@ def t_central_mass(t: float, df: int) -> float:
     theta = atan(t / sqrt(df)); no scipy needed. E.g. df = 1: 2 atan(t) / pi; df = 2:
     t / sqrt(2 + t^2)."""
     if df < 1 or int(df) != df:
-        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
+        raise InputError(f"degrees of freedom must be a positive integer, got {df}")
     t = abs(float(t))
     if math.isinf(t):
         return 1.0
@@ -96,7 +97,7 @@ def cluster_means(values, clusters=None) -> torch.Tensor:
         return values
     clusters = list(clusters)
     if len(clusters) != values.numel():
-        raise ValueError(f"{values.numel()} values but {len(clusters)} cluster labels")
+        raise InputError(f"{values.numel()} values but {len(clusters)} cluster labels")
     index = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
     ids = torch.tensor([index[c] for c in clusters], dtype=torch.long)
     sums = torch.zeros(len(index), dtype=torch.float64).index_add_(0, ids, values)
@@ -113,7 +114,7 @@ def interval_over_clusters(cluster_values, confidence: float = 0.95,
     values = _flat(cluster_values)
     n = values.numel()
     if n == 0:
-        raise ValueError("no scores to average")
+        raise InputError("no scores to average")
     mean = values.mean().item()
     if n == 1:
         return mean, math.nan, math.nan
@@ -136,7 +137,7 @@ def mean_confidence_interval(values, confidence: float = 0.95, clusters=None) ->
     1 (rates) get the same clustered interval clamped to [0, 1]."""
     values = _flat(values)
     if values.numel() == 0:
-        raise ValueError("no scores to average")
+        raise InputError("no scores to average")
     bounds = (0.0, 1.0) if is_rate(values) else None
     return interval_over_clusters(cluster_means(values, clusters), confidence, bounds)
 
@@ -158,9 +159,9 @@ def t_test_p_value(cluster_values) -> float:
 def _paired(candidate, baseline, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     candidate, baseline = _flat(candidate), _flat(baseline)
     if candidate.shape != baseline.shape:
-        raise ValueError(f"{what} needs paired scores: {tuple(candidate.shape)} vs {tuple(baseline.shape)}")
+        raise InputError(f"{what} needs paired scores: {tuple(candidate.shape)} vs {tuple(baseline.shape)}")
     if candidate.numel() == 0:
-        raise ValueError("no paired scores")
+        raise InputError("no paired scores")
     return candidate, baseline
 
 
@@ -203,7 +204,7 @@ def cluster_bootstrap_interval(values, clusters=None, confidence: float = 0.95, 
     per_prompt = cluster_means(values, clusters)
     n = per_prompt.numel()
     if n == 0:
-        raise ValueError("no scores to average")
+        raise InputError("no scores to average")
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(0, n, (n_boot, n), generator=generator)
     boot = per_prompt[picks].mean(dim=1)

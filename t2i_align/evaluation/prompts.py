@@ -17,6 +17,7 @@ the benchmark reports them (HPSv2 per style, PartiPrompts per category).
 import csv
 import json
 from pathlib import Path
+from t2i_align.errors import InputError, InputNotFoundError
 
 BUILTIN = [
     "a red circle on a grey background",
@@ -49,7 +50,7 @@ def _jsonl(path: Path) -> list[tuple[str, str]]:
             continue
         row = json.loads(line)
         if "prompt" not in row and "caption" not in row:
-            raise ValueError(f"{path}:{number}: no 'prompt' or 'caption' key (keys: {sorted(row)})")
+            raise InputError(f"{path}:{number}: no 'prompt' or 'caption' key (keys: {sorted(row)})")
         rows.append((str(row.get("prompt", row.get("caption"))), str(row.get("group", row.get("category", "")))))
     return rows
 
@@ -60,7 +61,7 @@ def _caption_column(files: list[str], where) -> list[tuple[str, str]]:
     found = pq.read_schema(files[0]).names
     column = "caption" if "caption" in found else "prompt"
     if column not in found:
-        raise ValueError(f"{where}: no 'caption' or 'prompt' column; columns: {found}")
+        raise InputError(f"{where}: no 'caption' or 'prompt' column; columns: {found}")
     return [(str(p), "") for f in files for p in pq.read_table(f, columns=[column]).column(column).to_pylist()]
 
 
@@ -71,11 +72,11 @@ def _pickapic(path: Path, split: str) -> list[tuple[str, str]]:
     if path.is_dir() and _is_saved_dataset(path):
         table = _load_saved(path, split)
         if "caption" not in table.column_names:
-            raise ValueError(f"{path}: no 'caption' column; columns: {table.column_names}")
+            raise InputError(f"{path}: no 'caption' column; columns: {table.column_names}")
         return [(str(p), "") for p in table.select_columns(["caption"])["caption"]]
     files = _parquet_files(str(path), split)
     if not files:
-        raise ValueError(f"{path}: neither a save_to_disk folder nor parquet file(s)")
+        raise InputError(f"{path}: neither a save_to_disk folder nor parquet file(s)")
     return _caption_column(files, path)
 
 
@@ -83,7 +84,7 @@ def _partiprompts(path: Path) -> list[tuple[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if "Prompt" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: not PartiPrompts.tsv (no 'Prompt' column; columns: {reader.fieldnames})")
+            raise InputError(f"{path}: not PartiPrompts.tsv (no 'Prompt' column; columns: {reader.fieldnames})")
         return [(row["Prompt"].strip(), (row.get("Category") or "").strip()) for row in reader if row["Prompt"]]
 
 
@@ -91,12 +92,12 @@ def _hpsv2(path: Path) -> list[tuple[str, str]]:
     files = [path] if path.is_file() else [path / f"{style}.json" for style in HPSV2_STYLES]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"HPSv2 benchmark prompt files missing: {missing}")
+        raise InputNotFoundError(f"HPSv2 benchmark prompt files missing: {missing}")
     rows = []
     for f in files:
         prompts = json.loads(f.read_text(encoding="utf-8"))
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{f}: expected a JSON list of prompt strings")
+            raise InputError(f"{f}: expected a JSON list of prompt strings")
         rows += [(p, f.stem) for p in prompts]
     return rows
 
@@ -134,13 +135,13 @@ def load_prompt_set(source: str, limit: int | None = None, subset=None,
         from t2i_align.toy.world import plain_prompts, prompt_count
 
         if path_text not in ("train", "heldout"):
-            raise ValueError(f"eval.prompts={source!r}: use toy:train or toy:heldout")
+            raise InputError(f"eval.prompts={source!r}: use toy:train or toy:heldout")
         held_out = path_text == "heldout"
         rows = [(p, "") for p in plain_prompts(prompt_count(held_out), seed=0, held_out=held_out)]
     else:
         path = Path(path_text).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"eval.prompts: {source!r} is neither 'builtin' nor an existing file / folder")
+            raise InputNotFoundError(f"eval.prompts: {source!r} is neither 'builtin' nor an existing file / folder")
         kind = kind or detect_kind(path)
         loaders = {"text": _text, "jsonl": _jsonl, "partiprompts": _partiprompts, "hpsv2": _hpsv2,
                    "parquet": lambda p: _caption_column([str(p)], p), "pickapic": lambda p: _pickapic(p, split)}
@@ -150,7 +151,7 @@ def load_prompt_set(source: str, limit: int | None = None, subset=None,
         groups = {g for _, g in rows}
         unknown = wanted - groups
         if unknown:
-            raise ValueError(f"eval.prompt_subset: no prompts in group(s) {sorted(unknown)}; groups of {source}: "
+            raise InputError(f"eval.prompt_subset: no prompts in group(s) {sorted(unknown)}; groups of {source}: "
                              f"{sorted(groups)}")
         rows = [r for r in rows if r[1] in wanted]
     rows = list(dict.fromkeys(rows))
@@ -165,7 +166,7 @@ def load_prompt_set(source: str, limit: int | None = None, subset=None,
     seen = set()  # one prompt in two groups is sampled once, in its first group
     rows = [r for r in rows if not (r[0] in seen or seen.add(r[0]))]
     if not rows:
-        raise ValueError(f"eval.prompts: no prompts in {source}")
+        raise InputError(f"eval.prompts: no prompts in {source}")
     return rows
 
 

@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 
 from .aggregate import has_step_lines, paired_difference_figure, series_name
 from .report import html_table, notes_html, page, write_tables
+from t2i_align.errors import InputNotFoundError
 
 log = logging.getLogger("t2i_align.sweep")
 
@@ -104,7 +105,7 @@ def summarise_sweep(sweep_dir, baseline: str = "base") -> Path:
     sweep_dir = Path(sweep_dir)
     rows, jobs = collect_rows(sweep_dir)
     if not rows:
-        raise FileNotFoundError(f"no <job>/results.json under {sweep_dir}: nothing to summarise")
+        raise InputNotFoundError(f"no <job>/results.json under {sweep_dir}: nothing to summarise")
     write_tables(rows, sweep_dir, stem="summary", first_columns=("job",))
     plot = plot_sweep(rows, jobs, sweep_dir, baseline)
     labels = job_labels(jobs)

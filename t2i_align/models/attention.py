@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from t2i_align.errors import InputError
 
 ATTENTION_BACKENDS = ("sdpa", "eager", "xformers")
 
@@ -42,7 +43,7 @@ def set_attention_backend(unet, backend: str) -> None:
     elif backend == "xformers":
         problem = _xformers_problem()
         if problem is not None:
-            raise ValueError(f"attention backend 'xformers' cannot be used: {problem}; use model.attention=sdpa")
+            raise InputError(f"attention backend 'xformers' cannot be used: {problem}; use model.attention=sdpa")
         unet.enable_xformers_memory_efficient_attention()
     else:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+        raise InputError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")

@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from t2i_align.errors import InputError, InputNotFoundError, MissingDependencyError
 
 CACHE_ENV = "T2I_ALIGN_CACHE"
 CLIP_VOCAB_SIZE = 49408
@@ -56,13 +57,13 @@ def _bundled_bpe_path() -> pathlib.Path:
     try:
         import open_clip  # noqa: F401  (only to locate the package folder)
     except ImportError as err:  # pragma: no cover - open_clip is a hard dependency
-        raise ImportError(
+        raise MissingDependencyError(
             "offline_clip_tokenizer needs open_clip_torch (for bpe_simple_vocab_16e6.txt.gz); "
             "install it with `pip install open_clip_torch`"
         ) from err
     path = pathlib.Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"open_clip's BPE file is missing: {path}")
+        raise InputNotFoundError(f"open_clip's BPE file is missing: {path}")
     return path
 
 
@@ -76,7 +77,7 @@ def _build_vocab_and_merges(bpe_path: pathlib.Path) -> tuple[dict[str, int], lis
     vocab += ["".join(m) for m in merges]
     vocab += list(_SPECIAL_TOKENS)
     if len(vocab) != CLIP_VOCAB_SIZE:
-        raise ValueError(f"derived CLIP vocab has {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE} ({bpe_path})")
+        raise InputError(f"derived CLIP vocab has {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE} ({bpe_path})")
     return {tok: i for i, tok in enumerate(vocab)}, [" ".join(m) for m in merges]
 
 

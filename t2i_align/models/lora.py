@@ -12,6 +12,7 @@ from __future__ import annotations
 import pathlib
 
 import torch
+from t2i_align.errors import InputError
 
 DEFAULT_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -25,9 +26,9 @@ def _adapter_name(unet) -> str:
     """The single peft adapter on ``unet`` (clear error for none / several)."""
     config = getattr(unet, "peft_config", None)
     if not config:
-        raise ValueError("the UNet has no LoRA adapter; call add_lora(unet, ...) first")
+        raise InputError("the UNet has no LoRA adapter; call add_lora(unet, ...) first")
     if len(config) != 1:
-        raise ValueError(f"expected exactly one LoRA adapter on the UNet, found {sorted(config)}")
+        raise InputError(f"expected exactly one LoRA adapter on the UNet, found {sorted(config)}")
     return next(iter(config))
 
 
@@ -49,14 +50,14 @@ def add_lora(
     from peft import LoraConfig
 
     if int(rank) < 1:
-        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+        raise InputError(f"LoRA rank must be a positive integer, got {rank!r}")
     if init not in _INITS:
-        raise ValueError(
+        raise InputError(
             f"unknown LoRA init {init!r}; choose one of {', '.join(_INITS)} "
             "(inits that rewrite the base weights would break the adapters_off reference)"
         )
     if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        raise InputError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     config = LoraConfig(
         r=int(rank),
         lora_alpha=float(rank if alpha is None else alpha),
@@ -80,7 +81,7 @@ def save_lora(unet, out_dir, family: str) -> pathlib.Path:
 
     pipelines = {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline}
     if family not in pipelines:
-        raise ValueError(f"unknown model family {family!r}; choose 'sdxl' or 'sd'")
+        raise InputError(f"unknown model family {family!r}; choose 'sdxl' or 'sd'")
     name = _adapter_name(unet)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     out_dir = pathlib.Path(out_dir)
@@ -115,11 +116,11 @@ def load_lora_trainable_state(unet, state: dict[str, torch.Tensor]) -> None:
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"LoRA state does not match the UNet's adapter: {len(missing)} missing key(s) {missing[:3]}, "
             f"{len(unexpected)} unexpected key(s) {unexpected[:3]}"
         )
     try:
         set_peft_model_state_dict(unet, state, adapter_name=name)
     except RuntimeError as err:  # shape mismatch, e.g. a different rank
-        raise ValueError(f"LoRA state does not fit the UNet's adapter (different rank?): {err}") from err
+        raise InputError(f"LoRA state does not fit the UNet's adapter (different rank?): {err}") from err

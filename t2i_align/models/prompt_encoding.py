@@ -10,6 +10,7 @@ encoder.
 from __future__ import annotations
 
 import torch
+from t2i_align.errors import InputError
 
 
 def _execution_device(module) -> torch.device:
@@ -41,7 +42,7 @@ def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list, f
     captions = list(captions)
     if family == "sdxl":
         if len(text_encoders) != 2 or len(tokenizers) != 2:
-            raise ValueError(
+            raise InputError(
                 f"sdxl needs 2 text encoders and 2 tokenizers, got {len(text_encoders)} and {len(tokenizers)}"
             )
         hidden = []
@@ -52,7 +53,7 @@ def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list, f
             hidden.append(out.hidden_states[-2])
             pooled = out[0]  # the last encoder's first output: text_embeds of CLIPTextModelWithProjection
         if pooled.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 "sdxl's second text encoder must be a CLIPTextModelWithProjection (pooled text_embeds output); "
                 f"got {type(text_encoders[1]).__name__}"
             )
@@ -63,11 +64,11 @@ def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list, f
         }
     if family == "sd":
         if len(text_encoders) != 1 or len(tokenizers) != 1:
-            raise ValueError(f"sd needs 1 text encoder and 1 tokenizer, got {len(text_encoders)} and {len(tokenizers)}")
+            raise InputError(f"sd needs 1 text encoder and 1 tokenizer, got {len(text_encoders)} and {len(tokenizers)}")
         encoder = text_encoders[0]
         ids = _tokenize(captions, tokenizers[0]).to(_execution_device(encoder))
         return {"encoder_hidden_states": encoder(ids).last_hidden_state}
-    raise ValueError(f"unknown model family {family!r}; choose 'sdxl' or 'sd'")
+    raise InputError(f"unknown model family {family!r}; choose 'sdxl' or 'sd'")
 
 
 def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_left: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
@@ -81,14 +82,14 @@ def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_left: torch.Tensor, tar
     original_sizes = torch.as_tensor(original_sizes)
     crop_top_left = torch.as_tensor(crop_top_left, device=original_sizes.device)
     if original_sizes.ndim != 2 or original_sizes.shape[1] != 2:
-        raise ValueError(f"original_sizes must be [B, 2] (h, w), got shape {tuple(original_sizes.shape)}")
+        raise InputError(f"original_sizes must be [B, 2] (h, w), got shape {tuple(original_sizes.shape)}")
     if crop_top_left.shape != original_sizes.shape:
-        raise ValueError(
+        raise InputError(
             f"crop_top_left must be [B, 2] like original_sizes {tuple(original_sizes.shape)}, "
             f"got {tuple(crop_top_left.shape)}"
         )
     if len(target_size) != 2:
-        raise ValueError(f"target_size must be (height, width), got {target_size!r}")
+        raise InputError(f"target_size must be (height, width), got {target_size!r}")
     target = torch.tensor(target_size, dtype=torch.float32, device=original_sizes.device)
     target = target.expand(original_sizes.shape[0], 2)
     return torch.cat([original_sizes.float(), crop_top_left.float(), target], dim=1)

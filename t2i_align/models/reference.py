@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from t2i_align.errors import InputError
 
 REFERENCE_STRATEGIES = ("none", "copy", "cpu_offload", "adapters_off")
 
@@ -108,16 +109,16 @@ def make_reference(unet, strategy: str, dtype=None, device=None):
         return None
     if strategy in ("copy", "cpu_offload"):
         if has_adapters(unet):
-            raise ValueError(
+            raise InputError(
                 f"reference strategy {strategy!r} got a UNet with LoRA adapters; use 'adapters_off' "
                 "(the base model is the same UNet with adapters disabled, no copy needed)"
             )
         return CopyReference(unet, dtype=dtype, device=device, offload_to_cpu=strategy == "cpu_offload")
     if strategy == "adapters_off":
         if not has_adapters(unet):
-            raise ValueError(
+            raise InputError(
                 "reference strategy 'adapters_off' needs a UNet with LoRA adapters (add_lora first); "
                 "for full fine-tuning use 'copy'"
             )
         return AdaptersOffReference(unet)
-    raise ValueError(f"unknown reference strategy {strategy!r}; choose one of {', '.join(REFERENCE_STRATEGIES)}")
+    raise InputError(f"unknown reference strategy {strategy!r}; choose one of {', '.join(REFERENCE_STRATEGIES)}")

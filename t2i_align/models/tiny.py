@@ -21,6 +21,7 @@ import tempfile
 import torch
 
 from .clip_tokenizer import cache_dir, offline_clip_tokenizer
+from t2i_align.errors import InputError
 
 TINY_VERSION = "v1"  # bump whenever the tiny architectures or seeds change (new cache folder)
 TINY_RESOLUTION = 32  # pixel size the tiny models are built for (16x16 latents)
@@ -42,7 +43,7 @@ _SCHEDULER_CONFIG = dict(
 
 def _check_kind(kind: str) -> None:
     if kind not in TINY_KINDS:
-        raise ValueError(f"unknown tiny model kind {kind!r}; known kinds: {', '.join(TINY_KINDS)}")
+        raise InputError(f"unknown tiny model kind {kind!r}; known kinds: {', '.join(TINY_KINDS)}")
 
 
 def _text_encoder(hidden: int, with_projection: bool, pad_token_id: int):

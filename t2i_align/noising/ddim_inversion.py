@@ -91,6 +91,7 @@ import torch
 
 from t2i_align.noising.forward import diffusion_target, sample_pair_timesteps
 from t2i_align.noising.random import randn
+from t2i_align.errors import InputError
 
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -100,7 +101,7 @@ EVALUATE_AT = ("destination", "source")
 
 def _check_prediction_type(prediction_type: str) -> None:
     if prediction_type not in _PREDICTION_TYPES:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+        raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -123,14 +124,14 @@ def inversion_grid(timesteps: torch.Tensor, num_steps: int) -> torch.Tensor:
     zero-length (identity) step.
     """
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise InputError(f"num_steps must be >= 1, got {num_steps}")
     if timesteps.dim() != 1:
-        raise ValueError(f"timesteps must be 1-D [N], got shape {tuple(timesteps.shape)}")
+        raise InputError(f"timesteps must be 1-D [N], got shape {tuple(timesteps.shape)}")
     if timesteps.is_floating_point() or timesteps.is_complex():
-        raise ValueError(f"timesteps must be integers, got {timesteps.dtype}")
+        raise InputError(f"timesteps must be integers, got {timesteps.dtype}")
     t = timesteps.long()
     if t.numel() and int(t.min()) < 0:
-        raise ValueError(f"timesteps must be >= 0, got {int(t.min())}")
+        raise InputError(f"timesteps must be >= 0, got {int(t.min())}")
     k = torch.arange(num_steps + 1, device=t.device, dtype=torch.long)
     # round(t * k / K) = floor((2 t k + K) / (2 K)), exact in integers; k = K gives t.
     return torch.div(2 * t[:, None] * k[None, :] + num_steps, 2 * num_steps, rounding_mode="floor")
@@ -152,15 +153,15 @@ def _invert_float32(predict_fn: PredictFn, latents: torch.Tensor, timesteps: tor
     """DDIM inversion returning the float32 inverted latent (see ``ddim_invert``)."""
     _check_prediction_type(prediction_type)
     if evaluate_at not in EVALUATE_AT:
-        raise ValueError(f"unknown inversion evaluate_at {evaluate_at!r}; choose one of {EVALUATE_AT}")
+        raise InputError(f"unknown inversion evaluate_at {evaluate_at!r}; choose one of {EVALUATE_AT}")
     if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+        raise InputError(f"eta must be >= 0, got {eta}")
     if timesteps.shape != (latents.shape[0],):
-        raise ValueError(f"timesteps must have shape [{latents.shape[0]}] (one per latent), "
+        raise InputError(f"timesteps must have shape [{latents.shape[0]}] (one per latent), "
                          f"got {tuple(timesteps.shape)}")
     num_train = noise_scheduler.config.num_train_timesteps
     if timesteps.numel() and int(timesteps.max()) >= num_train:
-        raise ValueError(f"timesteps must be < num_train_timesteps={num_train}, got {int(timesteps.max())}")
+        raise InputError(f"timesteps must be < num_train_timesteps={num_train}, got {int(timesteps.max())}")
 
     device = latents.device
     grid = inversion_grid(timesteps.to(device), num_steps)

@@ -9,6 +9,7 @@ Timesteps are drawn per pair, so a batch of several pairs is correct.
 import torch
 
 from t2i_align.noising.random import randint, randn
+from t2i_align.errors import InputError
 
 
 def sample_pair_timesteps(num_pairs: int, num_train_timesteps: int, generator, device) -> torch.Tensor:
@@ -25,7 +26,7 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
         return noise
     if prediction_type == "v_prediction":
         return noise_scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+    raise InputError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
 
 
 def forward_noise_pairs(noise_scheduler, latents_w: torch.Tensor, latents_l: torch.Tensor | None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from t2i_align.errors import InputError
 
 
 def sample_seed(seed: int, step: int, micro: int, index: int) -> int:
@@ -46,7 +47,7 @@ class PerSampleGenerator:
         """The generator of each of `num_rows` rows (row j -> sample j mod n)."""
         n = len(self.generators)
         if n == 0 or num_rows % n:
-            raise ValueError(f"a per-sample draw of {num_rows} rows does not fit {n} samples "
+            raise InputError(f"a per-sample draw of {num_rows} rows does not fit {n} samples "
                              "(rows must be a multiple of the number of samples)")
         return [self.generators[j % n] for j in range(num_rows)]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from t2i_align.objectives import dpo, mapo, sft
+from t2i_align.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ OBJECTIVES = {
 def get_objective(name: str) -> Objective:
     """Look up an objective by name; unknown names fail with the list of known ones."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown method.objective {name!r}; known: {sorted(OBJECTIVES)}")
+        raise InputError(f"unknown method.objective {name!r}; known: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
 
 

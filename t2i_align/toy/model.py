@@ -12,6 +12,7 @@ from __future__ import annotations
 import pathlib
 
 import torch
+from t2i_align.errors import InputError, InputNotFoundError
 
 TOY_PREFIX = "toy:"
 TOY_WEIGHTS = pathlib.Path(__file__).parent / "weights"
@@ -80,10 +81,10 @@ def resolve_toy_path(path: str) -> str:
     """"toy:sdxl" -> the shipped pretrained folder (clear error when the weights are missing)."""
     kind = path[len(TOY_PREFIX):]
     if kind != "sdxl":
-        raise ValueError(f"unknown toy model {path!r}; known: toy:sdxl")
+        raise InputError(f"unknown toy model {path!r}; known: toy:sdxl")
     folder = TOY_WEIGHTS / kind
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"toy model weights missing at {folder}; make them with "
+        raise InputNotFoundError(f"toy model weights missing at {folder}; make them with "
                                 "python scripts/pretrain_toy.py (about 30-60 minutes on 2 CPU cores)")
     return str(folder)
 

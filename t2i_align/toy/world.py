@@ -17,6 +17,7 @@ import colorsys
 import random
 
 from PIL import Image, ImageDraw, ImageFilter
+from t2i_align.errors import InputError
 
 COLOURS = {"red": 0.0, "yellow": 60.0, "green": 120.0, "blue": 240.0}  # hue in degrees
 SHAPES = ("circle", "square", "triangle")
@@ -60,7 +61,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, scene: dict, scale: int, fill) -> Non
 def render(scene: dict, style: str, size: int = 32) -> Image.Image:
     """The scene drawn in `style` ("plain" or "neon"), size x size RGB."""
     if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; choose {STYLES}")
+        raise InputError(f"unknown style {style!r}; choose {STYLES}")
     big = 2 * size
     hue = COLOURS[scene["colour"]] + scene["jitter"]
     if style == "plain":
@@ -113,5 +114,5 @@ def plain_prompts(count: int, seed: int, held_out: bool = False) -> list[str]:
     prompts = _prompt_list(held_out)
     random.Random(seed).shuffle(prompts)
     if count > len(prompts):
-        raise ValueError(f"only {len(prompts)} distinct {'held-out' if held_out else 'training'} prompts, asked {count}")
+        raise InputError(f"only {len(prompts)} distinct {'held-out' if held_out else 'training'} prompts, asked {count}")
     return prompts[:count]

@@ -20,6 +20,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from t2i_align.models.lora import load_lora_trainable_state, lora_trainable_state, save_lora
+from t2i_align.errors import InputNotFoundError
 
 log = logging.getLogger("t2i_align.train")
 
@@ -50,7 +51,7 @@ def find_resume_checkpoint(run_dir, resume) -> Path | None:
     found = list_checkpoints(path)
     if found:
         return found[-1][1]
-    raise FileNotFoundError(f"trainer.resume={resume!r}: no checkpoint there (expected a "
+    raise InputNotFoundError(f"trainer.resume={resume!r}: no checkpoint there (expected a "
                             "step_<N> folder with trainer_state.json, or a run dir with checkpoints/)")
 
 

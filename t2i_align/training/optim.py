@@ -7,6 +7,7 @@ relative_step=False, scale_parameter=False). Schedules come from diffusers.optim
 
 import torch
 from diffusers.optimization import get_scheduler
+from t2i_align.errors import InputError, MissingDependencyError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 
@@ -16,21 +17,21 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float = 1e-2,
     """Create the optimizer `name` over `params` (an iterable of trainable tensors)."""
     params = list(params)
     if not params:
-        raise ValueError("no trainable parameters: check trainer.lora / the model's requires_grad")
+        raise InputError("no trainable parameters: check trainer.lora / the model's requires_grad")
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as err:
-            raise ImportError("trainer.optimizer=adamw8bit needs bitsandbytes: "
+            raise MissingDependencyError("trainer.optimizer=adamw8bit needs bitsandbytes: "
                               "pip install 't2i_align[bnb]'") from err
         return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adafactor":
         from transformers.optimization import Adafactor
         return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False,
                          warmup_init=False, weight_decay=weight_decay)
-    raise ValueError(f"unknown trainer.optimizer {name!r}; choose one of {OPTIMIZERS}")
+    raise InputError(f"unknown trainer.optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 def build_lr_scheduler(optimizer, name: str, warmup_steps: int, max_steps: int):

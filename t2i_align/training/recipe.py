@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from t2i_align.data.dataset import PreferencePairs, build_dataloader, collate_pairs
 from t2i_align.data.latent_cache import (CachedPairs, build_latent_cache, cache_complete, cache_key, collate_cached,
                                         data_signature, default_cache_dir)
-from t2i_align.data.tables import load_pair_table
+from t2i_align.data.tables import load_pairs
 from t2i_align.noising.ddim_inversion import EVALUATE_AT
 from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
@@ -38,13 +38,14 @@ from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_me
                                             to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
 from t2i_align.training.step import TIME_IDS, preference_step
+from t2i_align.errors import InputError, UserError
 
 log = logging.getLogger("t2i_align.train")
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or inf; training stops and the last checkpoint stays as it was."""
 
 
@@ -89,24 +90,48 @@ def micro_batches(dataloader, dataset, position: dict, accelerator):
         position["batch"] = 0
 
 
-def resolve_data_path(d_cfg, m_cfg) -> str | None:
+def resolve_data_path(d_cfg, m_cfg, min_pairs: int = 1) -> str | None:
     """data.path, or (data.build=<preset> with no data.path) the preset built with this model on
-    first use."""
+    first use (a build keeping fewer than `min_pairs` pairs fails, saying why). A model with
+    random weights (model.random_weights: the tiny test models) cannot build a preference set
+    whose pairs must pass a style filter: that stops here, before anything is generated."""
     if d_cfg.path is None and d_cfg.get("build"):
+        if m_cfg.get("random_weights"):
+            raise InputError(
+                f"model={m_cfg.name} has random weights, so it cannot build the data set data.build={d_cfg.build} "
+                "(its images never pass the style filter: 0 pairs would be kept). Use data=generated (the offline "
+                "drawn pairs, what the tiny models are for), data.path=<a built or downloaded set>, or model=toy_sdxl "
+                "(the pretrained toy model the default run uses)")
         from t2i_align.data.builders.ensure import ensure_built
 
-        return str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or [])))
+        return str(ensure_built(d_cfg.build, m_cfg, list(d_cfg.get("build_overrides") or []), min_pairs=min_pairs))
     return d_cfg.path
 
 
-def load_table(d_cfg, data_path, seed: int):
-    """The canonical pair table of the data config (tables.load_pair_table with its keys)."""
-    return load_pair_table(d_cfg.source, data_path, split=d_cfg.split, caption_column=d_cfg.caption_column,
-                           image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
-                           drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
-                           num_generated=d_cfg.num_generated, seed=seed,
-                           image_caption_columns=d_cfg.image_caption_columns,
-                           image_caption_order=d_cfg.image_caption_order)
+def load_table(d_cfg, data_path, seed: int, per_image_captions: bool = False):
+    """(canonical, validated pair table, its load summary) of the data config (tables.load_pairs
+    with its keys)."""
+    return load_pairs(d_cfg.source, data_path, split=d_cfg.split, caption_column=d_cfg.caption_column,
+                      image_columns=tuple(d_cfg.image_columns), label_column=d_cfg.label_column,
+                      drop_ties=d_cfg.drop_ties, max_pairs=d_cfg.max_pairs,
+                      num_generated=d_cfg.num_generated, seed=seed,
+                      image_caption_columns=d_cfg.image_caption_columns,
+                      image_caption_order=d_cfg.image_caption_order,
+                      require_image_captions=per_image_captions)
+
+
+def note_skipped(batch: dict, skipped: set, accelerator) -> None:
+    """Add the rows this batch skipped (unreadable images) to `skipped`, the run's set of unique
+    skipped dataset indices, warning once per row. Every process calls it once per micro-batch
+    (one small gather when there are several), so the set and the count are global."""
+    new = [(index, why) for index, why in batch.get("skipped", []) if index not in skipped]
+    for index, why in new:
+        log.warning("skipping pair: %s", why)
+    found = [index for index, _ in new]
+    if accelerator.num_processes > 1:
+        found = gather_object([found])
+        found = [index for part in found for index in part]
+    skipped.update(found)
 
 
 def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_captions: bool, vae_dtype,
@@ -123,7 +148,7 @@ def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_ca
                     vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None,
                     store_std=d_cfg.cache.get("store_std", True), time_ids=m_cfg.get("time_ids", "fixed"))
     if d_cfg.random_crop:
-        raise ValueError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
+        raise InputError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
                          "(random crops need the images: data.cache.enabled=false)")
     folder = Path(d_cfg.cache.dir).expanduser() if d_cfg.cache.dir else default_cache_dir(key)
     return key, folder
@@ -141,7 +166,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
 
     accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and t_cfg.grad_accum > 1:
-        raise ValueError("under DeepSpeed the engine accumulates gradients: set trainer.grad_accum=1 and "
+        raise InputError("under DeepSpeed the engine accumulates gradients: set trainer.grad_accum=1 and "
                          "gradient_accumulation_steps in the accelerate config (scripts/launch/accelerate/zero2.yaml)")
     # Each process composed its own run_dir; a default built from ${now:...} can differ by a
     # second between ranks, so every rank takes the main process's.
@@ -155,7 +180,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     device = accelerator.device
     weight_dtype = DTYPES[t_cfg.mixed_precision]
 
-    data_path = resolve_data_path(d_cfg, m_cfg)
+    data_path = resolve_data_path(d_cfg, m_cfg, min_pairs=t_cfg.batch_size * accelerator.num_processes)
     resolution = int(d_cfg.resolution or m_cfg.resolution)
     per_image_captions = meth.captions == "per_image"
     vae_dtype = torch.float32 if m_cfg.vae_fp32 else weight_dtype
@@ -166,6 +191,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         cache_key_, cache_folder = latent_cache_location(m_cfg, d_cfg, data_path, resolution, per_image_captions,
                                                          vae_dtype, t_cfg.seed)
         cache_ready = cache_complete(cache_folder, cache_key_)
+
+    # The table first: bad data stops the run before minutes of model loading.
+    table, data_summary = load_table(d_cfg, data_path, t_cfg.seed, per_image_captions)
 
     # Models (a finished latent cache needs neither VAE nor text encoders)
     parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
@@ -195,22 +223,21 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
 
     time_ids = m_cfg.get("time_ids", "fixed")
     if time_ids not in TIME_IDS:
-        raise ValueError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
-    table = load_table(d_cfg, data_path, t_cfg.seed)
+        raise InputError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion
         if inv.model == "reference" and reference is None:
-            raise ValueError("method.inversion.model=reference needs a method with a reference model")
+            raise InputError("method.inversion.model=reference needs a method with a reference model")
         if inv.model not in ("reference", "policy"):
-            raise ValueError(f"method.inversion.model={inv.model!r}: choose reference (default) or policy (released)")
+            raise InputError(f"method.inversion.model={inv.model!r}: choose reference (default) or policy (released)")
         evaluate_at = inv.get("evaluate_at", "destination")
         if evaluate_at not in EVALUATE_AT:
-            raise ValueError(f"method.inversion.evaluate_at={evaluate_at!r}: choose one of {EVALUATE_AT}")
+            raise InputError(f"method.inversion.evaluate_at={evaluate_at!r}: choose one of {EVALUATE_AT}")
         noising_args.update(inversion_steps=inv.steps, inversion_eta=inv.eta, inversion_model=inv.model,
                             inversion_evaluate_at=evaluate_at)
     if per_image_captions and not {"caption_0", "caption_1"} <= set(table.column_names):
-        raise ValueError(f"method {meth.name} conditions each image on its own caption, but the data has no "
+        raise InputError(f"method {meth.name} conditions each image on its own caption, but the data has no "
                          f"per-image captions (columns: {table.column_names}); set "
                          "data.image_caption_columns=[caption for jpg_0, caption for jpg_1]")
     if cache_folder is not None:
@@ -220,6 +247,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                                flip_variants=cache_cfg.flip_variants, per_image_captions=per_image_captions,
                                storage_dtype=cache_cfg.dtype, shard_size=cache_cfg.shard_size,
                                batch_size=cache_cfg.batch_size, store_std=cache_cfg.get("store_std", True),
+                               max_image_pixels=d_cfg.get("max_image_pixels"),
                                process_index=accelerator.process_index,
                                num_processes=accelerator.num_processes, wait=accelerator.wait_for_everyone)
             parts.vae, parts.text_encoders = None, []  # the loop reads the cache only: free them
@@ -231,7 +259,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                  dataset.info["rows"], dataset.info["skipped_rows"])
     else:
         dataset = PreferencePairs(table, resolution=resolution, random_crop=d_cfg.random_crop,
-                                  random_flip=d_cfg.random_flip, seed=t_cfg.seed)
+                                  random_flip=d_cfg.random_flip, seed=t_cfg.seed,
+                                  max_image_pixels=d_cfg.get("max_image_pixels"))
         collate = collate_pairs
     dataloader = build_dataloader(dataset, batch_size=t_cfg.batch_size, seed=t_cfg.seed,
                                   num_workers=d_cfg.num_workers, prefetch_factor=d_cfg.get("prefetch_factor"),
@@ -249,11 +278,11 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
     accelerator.register_for_checkpointing(lr_scheduler)
 
-    step, position, skipped_rows = 0, {"epoch": 0, "batch": 0}, 0
+    step, position, skipped = 0, {"epoch": 0, "batch": 0}, set()
     checkpoint = find_resume_checkpoint(run_dir, t_cfg.resume)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
-        step, skipped_rows = state["step"], state["skipped_rows"]
+        step, skipped = state["step"], set(state.get("skipped_indices", []))
         position = {"epoch": state["epoch"], "batch": state["batch_in_epoch"]}
         log.info("resumed from %s at step %d", checkpoint, step)
     elif t_cfg.resume == "latest":
@@ -280,10 +309,10 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             records, step_indices = [], []
             for micro in range(t_cfg.grad_accum):
                 batch = next(batches)
-                skipped_rows += batch["num_skipped"]
+                note_skipped(batch, skipped, accelerator)
                 while batch["size"] == 0:  # every row of the batch was unreadable
                     batch = next(batches)
-                    skipped_rows += batch["num_skipped"]
+                    note_skipped(batch, skipped, accelerator)
                 sync = micro == t_cfg.grad_accum - 1
                 # One random stream per pair, seeded by (seed, step, micro-batch, dataset index):
                 # the same draws whatever the process count, and after a resume.
@@ -319,7 +348,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                       "lr": lr_scheduler.get_last_lr()[0],
                       # DeepSpeed clips inside its engine and reports no norm
                       "grad_norm": to_float(grad_norm) if grad_norm is not None else float("nan"),
-                      "skipped_rows": skipped_rows,
+                      "skipped_rows": len(skipped),
                       "epoch": position["epoch"], "step_time": time.perf_counter() - started}
             if t_cfg.get("log_sample_indices"):  # which pairs the step saw, over all processes
                 record["indices"] = sorted(i for part in gather_object([step_indices]) for i in part)
@@ -327,11 +356,11 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             if step % t_cfg.log_every == 0:
                 accelerator.log({k: v for k, v in record.items() if k not in ("step", "indices")}, step=step)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=skipped_rows)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=len(skipped))
 
             if t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0 and step < t_cfg.max_steps:
                 state = {"step": step, "epoch": position["epoch"], "batch_in_epoch": position["batch"],
-                         "skipped_rows": skipped_rows}
+                         "skipped_rows": len(skipped), "skipped_indices": sorted(skipped)}
                 last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, t_cfg.keep_last)
             if t_cfg.stop_after_steps and step >= t_cfg.stop_after_steps:
                 log.info("trainer.stop_after_steps=%d reached: stopping (resume with trainer.resume=latest)", step)
@@ -347,8 +376,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     final = save_final(accelerator, unet, use_lora, parts.family, run_dir, info={
         "base_model": parts.source, "family": parts.family, "method": meth.name,
         "steps": step, "lora": use_lora, "resolution": resolution,
-        "prediction_type": parts.prediction_type, "skipped_rows": skipped_rows})
-    log.info("saved %s (%d steps, %d unreadable rows skipped)", final, step, skipped_rows)
+        "prediction_type": parts.prediction_type, "data": data_summary, "skipped_rows": len(skipped),
+        "skipped_source_rows": sorted(table.select(sorted(skipped))["source_row"]) if skipped else []})
+    log.info("saved %s (%d steps, %d unreadable rows skipped)", final, step, len(skipped))
     accelerator.end_training()  # last: it also destroys the process group save_final synchronises on
     return final
 

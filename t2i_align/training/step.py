@@ -11,6 +11,7 @@ from t2i_align.models.prompt_encoding import encode_prompts, sdxl_time_ids
 from t2i_align.noising import NOISINGS, forward_noise_pairs, inversion_noise_pairs
 from t2i_align.noising.random import rand, randn
 from t2i_align.objectives import compute_objective
+from t2i_align.errors import InputError
 
 
 def posterior_latents(mean: torch.Tensor, std: torch.Tensor, generator, scaling_factor: float,
@@ -62,7 +63,7 @@ def pair_time_ids(mode: str, original_sizes_w, original_sizes_l, crop_top_left, 
     than 1024 px, so "original" teaches the preference under a low-resolution-source condition
     that inference never asks for."""
     if mode not in TIME_IDS:
-        raise ValueError(f"unknown SDXL time_ids mode {mode!r}; choose one of {TIME_IDS}")
+        raise InputError(f"unknown SDXL time_ids mode {mode!r}; choose one of {TIME_IDS}")
     target = (resolution, resolution)
     count = len(original_sizes_w)
     if mode == "fixed":
@@ -193,7 +194,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
             noise_scheduler, latents_w, latents_l, predict, generator, prediction_type,
             num_steps=inversion_steps, eta=inversion_eta, evaluate_at=inversion_evaluate_at)
     else:
-        raise ValueError(f"unknown method.noising {noising!r}; choose one of {NOISINGS}")
+        raise InputError(f"unknown method.noising {noising!r}; choose one of {NOISINGS}")
     with autocast():
         pred = unet(noisy, timesteps, cond["encoder_hidden_states"],
                     added_cond_kwargs=cond.get("added_cond_kwargs")).sample

@@ -224,3 +224,48 @@ def test_data_build_makes_the_preset_once_and_keys_the_cache(tmp_path, monkeypat
     assert other != first and rows_of(other)[0]["steps"] == 3
     with pytest.raises(ValueError, match="unknown dataset preset 'nope'"):
         load_preset("nope")
+
+
+def test_build_keeping_no_pair_fails_and_is_not_recorded_as_finished(tmp_path):
+    """A random tiny model never passes the toy style filter: the build says how many pairs were
+    generated, what removed them and what to do, writes no build_info.json, and a rerun (the
+    same folder, shards kept) fails the same way at once instead of training on nothing."""
+    from t2i_align.errors import InputError
+
+    cfg = build_cfg(["+dataset=toy_pickstyle", *FAST_BUILD, "dataset.num_prompts=2", "dataset.pairs_per_prompt=1",
+                     f"output_dir={tmp_path / 'out'}"])
+    message = (r"kept 0 of 2 generated pairs, fewer than the 1 needed; the reward filter removed 2: "
+               r"dataset.filter.reward=toy_style keeps a pair only when the chosen image beats the rejected one by "
+               r"dataset.filter.margin=1.0\. It is not recorded as a finished dataset\. To fix: .*dataset.filter.reward=null")
+    with pytest.raises(InputError, match=message):
+        build(cfg, tmp_path)
+    assert not (tmp_path / "out" / "build_info.json").exists()
+    with pytest.raises(InputError, match="kept 0 of 2"):
+        build(cfg, tmp_path)
+
+
+def test_build_with_fewer_pairs_than_a_batch_fails(tmp_path):
+    from t2i_align.errors import InputError
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na blue boat\n")
+    cfg = build_cfg(["+dataset=pick_style_cartoon", *FAST_BUILD, f"dataset.prompts={prompts}",
+                     f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(InputError, match="kept 2 of 2 generated pairs, fewer than the 4 needed; 0 were not kept"):
+        build(cfg, tmp_path, min_pairs=4)
+    assert build(cfg, tmp_path, min_pairs=2) == tmp_path / "out"
+    assert (tmp_path / "out" / "build_info.json").is_file()
+
+
+def test_tiny_model_without_data_arguments_stops_at_once_with_the_fix(tmp_path):
+    """model=tiny_sdxl with the default data (the toy set, built by the model) stops before
+    generating anything, naming data=generated."""
+    from t2i_align.errors import InputError
+    from t2i_align.training.recipe import run_training
+
+    for model in ("tiny_sdxl", "tiny_sd21"):
+        cfg = make_cfg([f"model={model}", "data=toy_pickstyle", "trainer=toy", "method=mapo"])
+        with pytest.raises(InputError, match=rf"model={model} has random weights, so it cannot build the data set "
+                                             r"data.build=toy_pickstyle .*Use data=generated"):
+            run_training(cfg, tmp_path / model)
+    assert not (tmp_path / "tiny_sdxl" / "metrics.jsonl").exists()

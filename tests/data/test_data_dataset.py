@@ -51,13 +51,14 @@ def test_shared_caption_without_per_image_captions(pickapic_table):
     assert item["caption_w"] == item["caption_l"] == item["caption"] == "prompt 1"
 
 
-def test_corrupt_image_is_skipped_counted_and_logged(pickapic_table, caplog):
+def test_corrupt_image_is_skipped_and_listed_with_its_reason(pickapic_table):
     table = pickapic_table.map(lambda row, i: {"jpg_1": b"garbage" if i == 2 else row["jpg_1"]}, with_indices=True)
     dataset = PreferencePairs(table, resolution=8)
     loader = build_dataloader(dataset, batch_size=4, seed=0, shuffle=False)
-    with caplog.at_level(logging.WARNING, logger="t2i_align.data"):
-        first, second = list(loader)
-    assert "row 2, column jpg_1" in caplog.text and "UnidentifiedImageError" in caplog.text
+    first, second = list(loader)
+    (index, why), = first["skipped"]
+    assert index == 2 and "row 2, column jpg_1" in why and "UnidentifiedImageError" in why
+    assert second["skipped"] == []
     assert first["num_skipped"] == 1 and first["size"] == 3 and second["num_skipped"] == 0
     assert first["indices"].tolist() == [0, 1, 3]
     assert first["pixels_w"].shape == (3, 3, 8, 8) and first["crop_top_left"].shape == (3, 2)
@@ -66,8 +67,9 @@ def test_corrupt_image_is_skipped_counted_and_logged(pickapic_table, caplog):
 
 
 def test_all_bad_batch():
-    batch = collate_pairs([None, None])
+    batch = collate_pairs([{"index": 4, "skipped": "bad a"}, {"index": 7, "skipped": "bad b"}])
     assert batch["size"] == 0 and batch["num_skipped"] == 2 and batch["captions"] == []
+    assert batch["skipped"] == [(4, "bad a"), (7, "bad b")]
 
 
 def test_same_seed_same_batches_new_epoch_new_order_and_no_global_rng_use():

@@ -27,7 +27,7 @@ def test_relative_paths_resolve_against_the_jsonl_folder(tmp_path, monkeypatch):
     ])
     monkeypatch.chdir(tmp_path)  # a different working directory must not matter
     table = load_pair_table("jsonl", "pairs/train.jsonl")
-    assert table.column_names == ["caption", "jpg_0", "jpg_1", "label_0"]
+    assert table.column_names == ["caption", "jpg_0", "jpg_1", "label_0", "source_row"]
     assert table["caption"] == ["a red thing", "again"]
     assert table[0]["jpg_0"] == str((tmp_path / "pairs" / "img" / "a.png").resolve())
     assert table[0]["jpg_1"] == str(absolute) and table["label_0"] == [1.0, 1.0]

@@ -15,7 +15,7 @@ NON_TIES = [i for i, label in enumerate(LABELS) if label != 0.5]
 
 
 def _assert_canonical(table, expected_rows):
-    assert table.column_names == CANONICAL
+    assert table.column_names == CANONICAL + ["source_row"]
     assert table["caption"] == [f"prompt {i}" for i in expected_rows]
     assert isinstance(table[0]["jpg_0"], bytes)  # not decoded
 
@@ -51,7 +51,7 @@ def test_ties_dropped_counted_and_max_pairs(pickapic_table, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="t2i_align.data"):
         table = load_pair_table("pickapic", str(tmp_path / "d"))
     assert len(table) == len(NON_TIES) and 0.5 not in table["label_0"]
-    assert "loaded 8 pairs" in caplog.text and "dropped 2 ties" in caplog.text
+    assert "8 rows; 0 dropped as invalid, 2 ties dropped; using 6 pairs" in caplog.text
     # label_0 is kept as is: the swap happens lazily in the torch dataset
     assert table["label_0"] == [LABELS[i] for i in NON_TIES]
 
@@ -68,7 +68,7 @@ def test_custom_column_names_and_per_image_captions(tmp_path):
     datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "p.parquet"))
     table = load_pair_table("pickapic", str(tmp_path / "p.parquet"), caption_column="prompt",
                             image_columns=("img_a", "img_b"), label_column="pref", drop_ties=False)
-    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1", "source_row"]
     assert table[1]["caption"] == "prompt 1" and table[1]["caption_1"] == "c1 1"
     assert table[1]["jpg_0"] == rows["jpg_0"][1]
 
@@ -111,7 +111,7 @@ def test_bad_sources_and_paths(tmp_path):
 
 def test_generated_source_drops_ties():
     table = load_pair_table("generated", None, num_generated=32, seed=3)
-    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1", "source_row"]
     assert len(table) == 30 and 0.5 not in table["label_0"]
 
 
@@ -180,7 +180,7 @@ def test_caption_column_can_also_be_a_per_image_caption(tmp_path, save):
         datasets.Dataset.from_dict(rows).save_to_disk(str(path))
     table = load_pair_table("pickapic", str(path), drop_ties=False, image_caption_order="preference",
                             image_caption_columns=("caption", "rejected_prompt"))
-    assert table.column_names == CANONICAL + ["caption_0", "caption_1"]
+    assert table.column_names == CANONICAL + ["caption_0", "caption_1", "source_row"]
     assert table["caption"] == [f"prompt {i}" for i in range(n)]
     for i, label in enumerate(LABELS):
         chosen, rejected = f"prompt {i}", f"plain style: prompt {i}"

@@ -149,7 +149,8 @@ def test_cache_contents_bad_rows_and_resume(tmp_path):
     info = json.loads((folder / "cache_info.json").read_text())
     assert (info["rows"], info["valid_rows"], info["skipped_rows"], info["shards"]) == (5, 4, 1, 3)
     cached = CachedPairs(folder, random_flip=False)
-    assert cached[3] is None  # the unreadable pair is skipped, as the image path skips it
+    # the unreadable pair is skipped, as the image path skips it
+    assert cached[3]["index"] == 3 and "row 3 had an unreadable image when the latent cache" in cached[3]["skipped"]
 
     # contents: the posterior of PreferencePairs' centre crop, chosen first (label_0 == 0 swaps)
     images = PreferencePairs(table, resolution=32, random_crop=False, random_flip=False)

@@ -19,6 +19,7 @@ any hub id or local folder (offline: a local folder or files already in the HF c
 from __future__ import annotations
 
 import torch
+from t2i_align.errors import InputError
 
 STRATEGIES = ("captioning", "perturbation", "hybrid")
 LEVELS = ("weak", "medium", "strong")
@@ -56,7 +57,7 @@ def _fill(template: str, key: str, value: str) -> str:
 
 def _check_level(level: str) -> None:
     if level not in LEVELS:
-        raise ValueError(f"unknown perturbation level {level!r}; expected one of {LEVELS}")
+        raise InputError(f"unknown perturbation level {level!r}; expected one of {LEVELS}")
 
 
 def _to_device(inputs, model) -> dict:
@@ -114,7 +115,7 @@ class Captioner:
 
     def __call__(self, images: list, prompts: list[str]) -> list[str]:
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+            raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         texts = self._texts(list(prompts))
         groups: dict[str, list[int]] = {}  # prefix mode: one group per distinct prefix
@@ -182,7 +183,7 @@ def load_captioner(path: str, device="cpu", dtype=torch.float32, prompt_template
         except ValueError as error:  # model type not in this auto class's mapping
             errors.append(f"{name}: {error}")
     else:
-        raise ValueError(f"cannot load {path!r} as an image-to-text model: " + "; ".join(errors))
+        raise InputError(f"cannot load {path!r} as an image-to-text model: " + "; ".join(errors))
     processor = transformers.AutoProcessor.from_pretrained(processor_path or path)
     return Captioner(model.to(device).requires_grad_(False), processor, prompt_template, chat,
                      max_new_tokens, batch_size, **generate_kwargs)
@@ -215,9 +216,9 @@ def _check_pairs(strategy, images_0, images_1, prompts, labels) -> None:
         sizes.update({name: 0 if images is None else len(images)
                       for name, images in (("images_0", images_0), ("images_1", images_1))})
     if len(set(sizes.values())) > 1:
-        raise ValueError(f"length mismatch: {sizes}")
+        raise InputError(f"length mismatch: {sizes}")
     if any(not 0.0 <= x <= 1.0 for x in labels):
-        raise ValueError("labels_0 must lie in [0, 1] (1 = jpg_0 chosen, 0 = jpg_1 chosen, 0.5 = tie)")
+        raise InputError("labels_0 must lie in [0, 1] (1 = jpg_0 chosen, 0 = jpg_1 chosen, 0.5 = tie)")
 
 
 def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captioner=None, paraphraser=None,
@@ -232,12 +233,12 @@ def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captio
     rejected texts in pair order).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown caption strategy {strategy!r}; expected one of {STRATEGIES}")
+        raise InputError(f"unknown caption strategy {strategy!r}; expected one of {STRATEGIES}")
     _check_level(level)
     if strategy != "perturbation" and captioner is None:
-        raise ValueError(f"strategy {strategy!r} needs a captioner (see load_captioner)")
+        raise InputError(f"strategy {strategy!r} needs a captioner (see load_captioner)")
     if strategy != "captioning" and paraphraser is None:
-        raise ValueError(f"strategy {strategy!r} needs a paraphraser (see load_paraphraser)")
+        raise InputError(f"strategy {strategy!r} needs a paraphraser (see load_paraphraser)")
     labels = [float(x) for x in labels_0]
     _check_pairs(strategy, images_0, images_1, prompts, labels)
     prompts, n = list(prompts), len(labels)
@@ -246,7 +247,7 @@ def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captio
     else:
         both = list(captioner(list(images_0) + list(images_1), prompts + prompts))
         if len(both) != 2 * n:
-            raise ValueError(f"captioner returned {len(both)} captions for {2 * n} images")
+            raise InputError(f"captioner returned {len(both)} captions for {2 * n} images")
         caps_0, caps_1 = both[:n], both[n:]
     if strategy == "captioning":
         return caps_0, caps_1
@@ -254,7 +255,7 @@ def double_captions(strategy: str, images_0, images_1, prompts, labels_0, captio
     rejected = [c0 if s else c1 for s, c0, c1 in zip(second, caps_0, caps_1)]
     perturbed = list(paraphraser(rejected, level=level, seed=seed))
     if len(perturbed) != n:
-        raise ValueError(f"paraphraser returned {len(perturbed)} texts for {n} inputs")
+        raise InputError(f"paraphraser returned {len(perturbed)} texts for {n} inputs")
     for i, s in enumerate(second):
         (caps_0 if s else caps_1)[i] = perturbed[i]
     return caps_0, caps_1

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from .double_caption import double_captions, load_captioner, load_paraphraser
+from t2i_align.errors import InputError, InputNotFoundError
 
 ADDED = [("caption_0", pa.string()), ("caption_1", pa.string()), ("caption_strategy", pa.string()),
          ("caption_level", pa.string()), ("captioner", pa.string()), ("paraphraser", pa.string())]
@@ -29,7 +30,7 @@ def load_input_table(path: str, split: str):
         return _load_saved(local, split)
     files = _parquet_files(str(local), split) if local.exists() else None
     if not files:
-        raise FileNotFoundError(f"dataset.input={path!r}: not a save_to_disk folder or parquet file(s)")
+        raise InputNotFoundError(f"dataset.input={path!r}: not a save_to_disk folder or parquet file(s)")
     return datasets.Dataset.from_parquet(files, split="train")
 
 
@@ -44,7 +45,7 @@ def plan_and_rows_double_caption(cfg: DictConfig, device):
     table = load_input_table(ds.input, ds.input_split)
     for column in (ds.caption_column, *ds.image_columns, ds.label_column):
         if column not in table.column_names:
-            raise ValueError(f"dataset.input {ds.input}: no column {column!r}; columns: {table.column_names}")
+            raise InputError(f"dataset.input {ds.input}: no column {column!r}; columns: {table.column_names}")
     for column in ("caption_0", "caption_1"):
         if column in table.column_names:
             table = table.remove_columns(column)  # replaced by the new captions
@@ -54,7 +55,7 @@ def plan_and_rows_double_caption(cfg: DictConfig, device):
     if ds.num_pairs:
         table = table.select(range(min(int(ds.num_pairs), table.num_rows)))
     if table.num_rows == 0:
-        raise ValueError(f"dataset.input {ds.input}: no pairs to caption")
+        raise InputError(f"dataset.input {ds.input}: no pairs to caption")
     needs_captioner = ds.strategy in ("captioning", "hybrid")
     needs_paraphraser = ds.strategy in ("perturbation", "hybrid")
     plan = {"builder": "double_caption", "name": ds.name, "input": ds.input, "input_split": ds.input_split,

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from t2i_align.errors import InputError
 
 
 def _model_signature(model_path: str) -> list:
@@ -31,15 +32,16 @@ def load_preset(name: str):
     @hydra.main job, where Hydra cannot be initialised a second time)."""
     path = CONF_DATASET / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown dataset preset {name!r}; known: {sorted(p.stem for p in CONF_DATASET.glob('*.yaml'))}")
+        raise InputError(f"unknown dataset preset {name!r}; known: {sorted(p.stem for p in CONF_DATASET.glob('*.yaml'))}")
     own = OmegaConf.load(path)
     parents = [d for d in own.pop("defaults", []) if d != "_self_"]
     return OmegaConf.merge(*(load_preset(p) for p in parents), own)
 
 
-def ensure_built(preset: str, model_cfg, overrides: list[str] | tuple = ()) -> Path:
+def ensure_built(preset: str, model_cfg, overrides: list[str] | tuple = (), min_pairs: int = 1) -> Path:
     """The folder of `preset` built with `model_cfg` (built now if missing or unfinished).
-    overrides: "dataset.key=value" strings (as on the build_dataset command line)."""
+    overrides: "dataset.key=value" strings (as on the build_dataset command line). A build with
+    fewer than `min_pairs` pairs (one global batch) fails and is not recorded as finished."""
     from t2i_align.build_dataset import build
     from t2i_align.models.clip_tokenizer import cache_dir
 
@@ -54,7 +56,13 @@ def ensure_built(preset: str, model_cfg, overrides: list[str] | tuple = ()) -> P
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     out = cache_dir() / "datasets" / f"{preset}-{model_cfg.name}-{key}"
     if (out / "build_info.json").is_file():
+        # Earlier versions recorded empty builds as finished: check them the same way.
+        from t2i_align.build_dataset import check_enough_pairs
+
+        info = json.loads((out / "build_info.json").read_text())
+        check_enough_pairs(out, {"rows": info.get("rows", 0), "planned": info.get("planned", 0)}, info.get("plan", {}),
+                           min_pairs)
         return out
     cfg.output_dir = str(out)
-    build(cfg, out.parent / f".run-{key}-{os.getpid()}")
+    build(cfg, out.parent / f".run-{key}-{os.getpid()}", min_pairs=min_pairs)
     return out

@@ -17,6 +17,7 @@ import io
 
 import pyarrow as pa
 import torch
+from t2i_align.errors import InputError
 
 PAIR_SCHEMA = pa.schema([
     ("caption", pa.string()), ("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
@@ -43,7 +44,7 @@ def encode_image(image, image_format: str = "jpeg", quality: int = 95) -> bytes:
     elif image_format == "png":
         image.save(buffer, format="PNG")
     else:
-        raise ValueError(f"unknown image_format {image_format!r}; choose jpeg or png")
+        raise InputError(f"unknown image_format {image_format!r}; choose jpeg or png")
     return buffer.getvalue()
 
 

@@ -10,6 +10,7 @@ the MaPO Pick-Safety set was made from prompts with such words removed.
 import re
 
 from t2i_align.evaluation.prompts import load_prompts
+from t2i_align.errors import InputError, InputNotFoundError
 
 
 def _normalised(prompt: str) -> str:
@@ -30,7 +31,7 @@ def _hub_captions(name: str, split: str) -> list[str]:
     try:
         table = datasets.load_dataset(name, split=split, columns=["caption"])
     except Exception as error:
-        raise FileNotFoundError(f"dataset.prompts={name!r} is not a local file or folder, and loading it as a hub "
+        raise InputNotFoundError(f"dataset.prompts={name!r} is not a local file or folder, and loading it as a hub "
                                 f"dataset failed: {type(error).__name__}: {error}") from error
     return [str(c) for c in table["caption"]]
 
@@ -61,6 +62,6 @@ def build_prompts(source: str, split: str = "train", exclude_words=None, limit: 
     if limit:
         kept = kept[:limit]
     if not kept:
-        raise ValueError(f"dataset.prompts={source!r}: no prompts left ({counts})")
+        raise InputError(f"dataset.prompts={source!r}: no prompts left ({counts})")
     counts["kept"] = len(kept)
     return kept, counts

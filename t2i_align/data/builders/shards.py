@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from t2i_align.errors import InputError
 
 PLAN_FILE = "build_plan.json"
 META_PLANNED = b"t2i_align.planned"
@@ -38,7 +39,7 @@ def shard_path(out_dir: Path, index: int, num_shards: int, split: str = "train")
 
 def shard_ranges(num_items: int, shard_size: int) -> list[tuple[int, int]]:
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
     return [(start, min(start + shard_size, num_items)) for start in range(0, num_items, shard_size)]
 
 
@@ -51,7 +52,7 @@ def check_plan(out_dir: Path, plan: dict, is_main: bool) -> None:
         if found.get("fingerprint") != wanted["fingerprint"]:
             changed = sorted(k for k in set(plan) | set(found.get("plan", {}))
                              if json.dumps(plan.get(k), default=str) != json.dumps(found.get("plan", {}).get(k), default=str))
-            raise ValueError(f"{out_dir} holds a build with another plan (differs in: {changed}); "
+            raise InputError(f"{out_dir} holds a build with another plan (differs in: {changed}); "
                              "use another output folder, or delete it to rebuild")
     elif is_main:
         path.parent.mkdir(parents=True, exist_ok=True)

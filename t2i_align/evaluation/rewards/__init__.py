@@ -5,6 +5,8 @@ device, dtype, batch_size, allow_pickle). Heavy libraries are imported only when
 loaded. Weight files are never unpickled unless `allow_pickle` names them (see checkpoint_io).
 """
 
+from t2i_align.errors import InputError
+
 REWARDS = {
     "pickscore": ("t2i_align.evaluation.rewards.pickscore", "load_pickscore", {}),
     "clip_score": ("t2i_align.evaluation.rewards.clip_score", "load_clip_score", {}),
@@ -26,6 +28,6 @@ def load_reward(name: str, **kwargs):
     import importlib
 
     if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+        raise InputError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
     module, loader, defaults = REWARDS[name]
     return getattr(importlib.import_module(module), loader)(**{**defaults, **kwargs})

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from .clip_common import batched, image_embeddings, load_clip, to_rgb
+from t2i_align.errors import InputError, InputNotFoundError
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 AESTHETIC_HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
@@ -72,7 +73,7 @@ def load_head_state_dict(path, allow_pickle=None) -> dict[str, torch.Tensor]:
 
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"aesthetic head weights not found at {path}; download {AESTHETIC_HEAD_FILENAME} from "
             f"{AESTHETIC_HEAD_URL} and pass head_path= (or place it at {default_head_path()})"
         )
@@ -80,7 +81,7 @@ def load_head_state_dict(path, allow_pickle=None) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     # tolerate a "module." / "model." prefix (DataParallel / Lightning checkpoints)
     for prefix in ("module.", "model."):
         if state and all(k.startswith(prefix) for k in state):
@@ -103,7 +104,7 @@ class AestheticReward:
 
     def __init__(self, model, processor, head: AestheticMLP, batch_size: int = 16):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.processor = processor
         device = next(model.parameters()).device
@@ -113,7 +114,7 @@ class AestheticReward:
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str] | None = None) -> torch.Tensor:
         if prompts is not None and len(prompts) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+            raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
         images = to_rgb(images)
         out = []
         for chunk in batched(images, self.batch_size):
@@ -143,5 +144,5 @@ def load_aesthetic(
     model, processor = load_clip(clip_path, processor_path, device=device, dtype=dtype)
     emb_dim = model.config.projection_dim
     if head.input_size != emb_dim:
-        raise ValueError(f"aesthetic head expects {head.input_size}-d embeddings, CLIP model gives {emb_dim}-d")
+        raise InputError(f"aesthetic head expects {head.input_size}-d embeddings, CLIP model gives {emb_dim}-d")
     return AestheticReward(model, processor, head, batch_size=batch_size)

@@ -21,13 +21,14 @@ from collections.abc import Iterable
 from typing import Any, Union
 
 import torch
+from t2i_align.errors import InputNotFoundError, UserError
 
 __all__ = ["PickleNotAllowedError", "read_weights", "pickle_allowed"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class PickleNotAllowedError(RuntimeError):
+class PickleNotAllowedError(UserError, RuntimeError):
     """A torch file needs pickle (it holds Python objects) and the caller did not name it in ``allow_pickle``."""
 
 
@@ -81,7 +82,7 @@ def read_weights(path: PathLike, allow_pickle=None, aliases: Iterable[str] = (),
     path = os.fspath(path)
     _entries(allow_pickle)  # reject a bare True early, whatever the file holds
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
+        raise InputNotFoundError(f"weight file not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -117,6 +118,6 @@ def locate_checkpoint(checkpoint, hub_repo: str, filename: str, default, what: s
         checkpoint, aliases = hf_hub_download(hub_repo, filename), (hub_repo,)
     path = pathlib.Path(checkpoint) if checkpoint is not None else pathlib.Path(default)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found at {path}; download {filename} from {where} and pass "
+        raise InputNotFoundError(f"{what} checkpoint not found at {path}; download {filename} from {where} and pass "
                                 f"{argument}= (or place it at {default}, or pass {argument}={hub_repo!r})")
     return path, aliases

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import torch
 from PIL import Image
+from t2i_align.errors import InputError
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ def to_rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
 def batched(items: Sequence[T], batch_size: int) -> Iterator[Sequence[T]]:
     """Consecutive slices of ``items`` of at most ``batch_size`` elements."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(items), batch_size):
         yield items[start : start + batch_size]
 
@@ -48,7 +49,7 @@ def check_pairs(images: Sequence, prompts: Sequence[str]) -> None:
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, one per image, not a single string")
     if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; need one prompt per image")
+        raise InputError(f"got {len(images)} images but {len(prompts)} prompts; need one prompt per image")
 
 
 def _features(out) -> torch.Tensor:

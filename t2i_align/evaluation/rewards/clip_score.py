@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .clip_common import load_clip, pair_cosines
+from t2i_align.errors import InputError
 
 CLIP_SCORE_MODEL = "openai/clip-vit-large-patch14"
 
@@ -27,7 +28,7 @@ class ClipScoreReward:
 
     def __init__(self, model, processor, batch_size: int = 16, clamp: bool = True):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.processor = processor
         self.batch_size = batch_size
@@ -46,7 +47,7 @@ def clip_score_mean(scores: torch.Tensor) -> torch.Tensor:
     """
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.numel() == 0:
-        raise ValueError("clip_score_mean of an empty tensor")
+        raise InputError("clip_score_mean of an empty tensor")
     return scores.mean().clamp_min(0.0)
 
 

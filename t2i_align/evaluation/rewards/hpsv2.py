@@ -41,6 +41,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from t2i_align.errors import CheckpointMismatchError, InputError, InputNotFoundError
 
 __all__ = ["HPSv2Reward", "load_hpsv2", "hps_preprocess", "load_hps_state_dict", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
@@ -63,7 +64,7 @@ _custom_counter = itertools.count()
 def _version_name(version: str) -> str:
     key = str(version).strip().lower()
     if key not in _VERSION_NAMES:
-        raise ValueError(f"unknown HPS version {version!r}; expected 'v2' or 'v2.1'")
+        raise InputError(f"unknown HPS version {version!r}; expected 'v2' or 'v2.1'")
     return _VERSION_NAMES[key]
 
 
@@ -105,12 +106,12 @@ def load_hps_state_dict(checkpoint: str, allow_pickle=None) -> dict[str, torch.T
 
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"HPS checkpoint not found: {path}")
+        raise InputNotFoundError(f"HPS checkpoint not found: {path}")
     state = read_weights(path, allow_pickle=allow_pickle)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -156,7 +157,7 @@ class HPSv2Reward:
         image_size: int | None = None,
     ):
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise InputError("batch_size must be >= 1")
         self.name = name
         self.description = f"{name}: 100 x cos(image, text) of the HPS open_clip embeddings (HPSv2 benchmark scale)"
         self.device = torch.device(device)
@@ -169,7 +170,7 @@ class HPSv2Reward:
             image_size = getattr(getattr(model, "visual", None), "image_size", 224)
         if isinstance(image_size, (tuple, list)):
             if image_size[0] != image_size[1]:
-                raise ValueError(f"non-square image size {image_size} is not supported")
+                raise InputError(f"non-square image size {image_size} is not supported")
             image_size = image_size[0]
         self.image_size = int(image_size)
 
@@ -188,7 +189,7 @@ class HPSv2Reward:
         if isinstance(prompts, str):
             prompts = [prompts] * len(images)
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+            raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
         if len(images) == 0:
             return torch.zeros(0, dtype=torch.float32)
         out = [
@@ -233,7 +234,7 @@ def load_hpsv2(
     missing = [k for k in missing if k not in optional]
     unexpected = [k for k in unexpected if k not in optional]
     if missing or unexpected:
-        raise RuntimeError(
+        raise CheckpointMismatchError(
             f"HPS checkpoint {checkpoint} does not match open_clip model "
             f"{model_name if model_config is None else 'custom config'}: "
             f"missing={missing[:10]}{'...' if len(missing) > 10 else ''}, "

@@ -62,6 +62,7 @@ from PIL import Image
 from torch import nn
 
 from .clip_common import batched, check_pairs
+from t2i_align.errors import CheckpointMismatchError, InputError, MissingDependencyError
 
 HPSV3_BASE_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 HUB_REPO = "MizzenAI/HPSv3"
@@ -129,9 +130,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = HP
     below (downscaling) or above (upscaling) it.
     """
     if min(height, width) < 1:
-        raise ValueError(f"image has an empty side: {width}x{height}")
+        raise InputError(f"image has an empty side: {width}x{height}")
     if max(height, width) / min(height, width) > MAX_RATIO:
-        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got "
+        raise InputError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got "
                          f"{max(height, width) / min(height, width)}")
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
@@ -238,7 +239,7 @@ class HPSv3Model(nn.Module):
         is_reward = input_ids == self.reward_token_id
         counts = is_reward.sum(-1)
         if not bool((counts == 1).all()):
-            raise ValueError(f"each sequence needs exactly one {REWARD_TOKEN} token, got counts {counts.tolist()} "
+            raise InputError(f"each sequence needs exactly one {REWARD_TOKEN} token, got counts {counts.tolist()} "
                              f"(does a prompt contain the text {REWARD_TOKEN!r}?)")
         hidden = out.last_hidden_state[is_reward]  # [B, D], row order kept
         return self.rm_head(hidden.float())
@@ -252,13 +253,13 @@ class HPSv3Model(nn.Module):
         unexpected = sorted(set(unexpected) | {file_name[k] for k in mapped if k not in own})
         missing = sorted(_to_released_key(k) for k in own if k not in mapped)
         if unexpected or missing:
-            raise RuntimeError(f"{source} does not match the HPSv3 model: unexpected keys {unexpected[:10]}"
+            raise CheckpointMismatchError(f"{source} does not match the HPSv3 model: unexpected keys {unexpected[:10]}"
                                f"{'...' if len(unexpected) > 10 else ''}, missing keys {missing[:10]}"
                                f"{'...' if len(missing) > 10 else ''}")
         wrong = [f"{_to_released_key(k)}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in mapped.items() if tuple(v.shape) != tuple(own[k].shape)]
         if wrong:
-            raise RuntimeError(f"{source} does not match the HPSv3 model (shape): {wrong[:5]}; the embedding rows "
+            raise CheckpointMismatchError(f"{source} does not match the HPSv3 model (shape): {wrong[:5]}; the embedding rows "
                                f"must equal len(tokenizer) with {REWARD_TOKEN} added")
         self.load_state_dict(mapped, strict=True, assign=True)
 
@@ -283,7 +284,7 @@ def load_checkpoint(checkpoint=None, allow_pickle=None, device="cpu") -> tuple[d
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state, str(path)
 
 
@@ -298,7 +299,7 @@ class HPSv3Reward:
 
     def __init__(self, model: HPSv3Model, processor, batch_size: int = 4, pixels: int = HPSV3_PIXELS):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.batch_size = int(batch_size)
@@ -341,7 +342,7 @@ def _dtype(dtype) -> torch.dtype:
         return dtype
     value = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
+        raise InputError(f"unknown dtype {dtype!r}")
     return value
 
 
@@ -354,7 +355,7 @@ def load_processor(base_model: str = HPSV3_BASE_MODEL):
     processor.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
     reward_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
     if getattr(processor, "chat_template", None) is None:
-        raise ValueError(f"the processor of {base_model} has no chat template (Qwen2-VL-7B-Instruct ships one)")
+        raise InputError(f"the processor of {base_model} has no chat template (Qwen2-VL-7B-Instruct ships one)")
     return processor, reward_id
 
 
@@ -374,14 +375,14 @@ def load_hpsv3(checkpoint=None, base_model: str = HPSV3_BASE_MODEL, device="cpu"
     try:
         from accelerate import init_empty_weights
     except ImportError as err:  # pragma: no cover - accelerate is a project dependency
-        raise ImportError("load_hpsv3 needs accelerate (init_empty_weights)") from err
+        raise MissingDependencyError("load_hpsv3 needs accelerate (init_empty_weights)") from err
 
     dtype = _dtype(dtype)
     state, source = load_checkpoint(checkpoint, allow_pickle=allow_pickle, device=device)
     processor, reward_id = load_processor(base_model)
     config = AutoConfig.from_pretrained(base_model)
     if getattr(config, "model_type", None) != "qwen2_vl":
-        raise ValueError(f"{base_model} is a {getattr(config, 'model_type', '?')} model, HPSv3 needs Qwen2-VL")
+        raise InputError(f"{base_model} is a {getattr(config, 'model_type', '?')} model, HPSv3 needs Qwen2-VL")
     # train.py: model.resize_token_embeddings(len(processor.tokenizer)) after adding <|Reward|>
     config.text_config.vocab_size = len(processor.tokenizer)
     with init_empty_weights(include_buffers=False):  # parameters on meta: the file provides them all

@@ -44,6 +44,7 @@ from torch import nn
 
 from .aesthetic import AestheticMLP
 from .clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, batched, check_pairs
+from t2i_align.errors import CheckpointMismatchError, InputError
 
 HUB_REPO = "THUDM/ImageReward"
 CHECKPOINT_FILENAME = "ImageReward.pt"
@@ -136,7 +137,7 @@ class ImageRewardModel(nn.Module):
         unexpected = unknown + [_rename(k, reverse=True) for k in mapped if k not in own]
         missing = [_rename(k, reverse=True) or k for k in own if k not in mapped]
         if unexpected or missing:
-            raise RuntimeError(f"ImageReward checkpoint does not match the model: unexpected keys {unexpected}, "
+            raise CheckpointMismatchError(f"ImageReward checkpoint does not match the model: unexpected keys {unexpected}, "
                                f"missing keys {missing}")
         self.load_state_dict(mapped, strict=True)
 
@@ -160,7 +161,7 @@ def _text_kwargs(med_config) -> dict:
     med_config = dict(med_config or {})
     bad = set(med_config) - set(TEXT_DEFAULTS) - _MED_IGNORED
     if bad:
-        raise ValueError(f"unknown med_config keys {sorted(bad)}; known: {sorted(TEXT_DEFAULTS)}")
+        raise InputError(f"unknown med_config keys {sorted(bad)}; known: {sorted(TEXT_DEFAULTS)}")
     return {**TEXT_DEFAULTS, **{k: v for k, v in med_config.items() if k in TEXT_DEFAULTS}}
 
 
@@ -170,7 +171,7 @@ def build_model(med_config=None, vision_config: dict | None = None) -> ImageRewa
 
     bad = set(vision_config or {}) - set(VISION_DEFAULTS)
     if bad:
-        raise ValueError(f"unknown vision_config keys {sorted(bad)}; known: {sorted(VISION_DEFAULTS)}")
+        raise InputError(f"unknown vision_config keys {sorted(bad)}; known: {sorted(VISION_DEFAULTS)}")
     vision = BlipVisionConfig(**{**VISION_DEFAULTS, **(vision_config or {})})
     text = BlipTextConfig(**_text_kwargs(med_config), encoder_hidden_size=vision.hidden_size, is_decoder=True,
                           bos_token_id=None, eos_token_id=None, sep_token_id=None)
@@ -208,7 +209,7 @@ def load_checkpoint(checkpoint_path=None, allow_pickle=None) -> dict[str, torch.
                                       "ImageReward", "checkpoint_path", CHECKPOINT_URL)
     state = read_weights(path, allow_pickle=allow_pickle, aliases=aliases)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
 
 
@@ -219,7 +220,7 @@ class ImageRewardReward:
 
     def __init__(self, model: ImageRewardModel, tokenizer, batch_size: int = 16):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model.eval().requires_grad_(False), tokenizer, batch_size
         self.image_size = int(model.vision.config.image_size)
         self.enc_token_id = getattr(tokenizer, "enc_token_id", None)  # recorded, not used (see module doc)
@@ -258,7 +259,7 @@ def load_image_reward(checkpoint_path=None, tokenizer_path: str = "bert-base-unc
     model.load_checkpoint_state(state)
     tokenizer = load_tokenizer(tokenizer_path)
     if len(tokenizer) > model.text.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, text encoder vocab is {model.text.config.vocab_size}")
+        raise InputError(f"tokenizer has {len(tokenizer)} tokens, text encoder vocab is {model.text.config.vocab_size}")
     model = model.to(device=device, dtype=dtype)
     model.mlp.float()
     return ImageRewardReward(model, tokenizer, batch_size=batch_size)

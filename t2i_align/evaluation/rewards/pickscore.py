@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .clip_common import check_pairs, load_clip, pair_cosines
+from t2i_align.errors import InputError
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -26,7 +27,7 @@ class PickScoreReward:
 
     def __init__(self, model, processor, batch_size: int = 16):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.processor = processor
         self.batch_size = batch_size

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import torch
+from t2i_align.errors import InputError
 
 TINY_CLIP_VERSION = "v1"
 TINY_CLIP_IMAGE = 32
@@ -42,7 +43,7 @@ def resolve_reward_path(path: str | None) -> str | None:
     if not path or not str(path).startswith("tiny:"):
         return path
     if path != "tiny:clip":
-        raise ValueError(f"unknown tiny reward model {path!r}; known: tiny:clip")
+        raise InputError(f"unknown tiny reward model {path!r}; known: tiny:clip")
     from t2i_align.models.clip_tokenizer import cache_dir
 
     folder = cache_dir() / "tiny" / f"clip-{TINY_CLIP_VERSION}"

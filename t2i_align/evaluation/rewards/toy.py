@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from t2i_align.toy.metrics import colour_of, parse_prompt, shape_of, style_of
+from t2i_align.errors import InputError
 
 
 class ToyReward:
@@ -20,7 +21,7 @@ class ToyReward:
 
     def __init__(self, name: str, style: str = "neon"):
         if name not in ("toy_style", "toy_colour", "toy_shape"):
-            raise ValueError(f"unknown toy reward {name!r}")
+            raise InputError(f"unknown toy reward {name!r}")
         self.name, self.style = name, style
 
     def _one(self, image: Image.Image, prompt: str) -> float:
@@ -34,7 +35,7 @@ class ToyReward:
     def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str] | None = None) -> torch.Tensor:
         prompts = [""] * len(images) if prompts is None else list(prompts)
         if len(prompts) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+            raise InputError(f"got {len(images)} images but {len(prompts)} prompts")
         return torch.tensor([self._one(im, p) for im, p in zip(images, prompts)], dtype=torch.float32)
 
 
