@@ -32,8 +32,9 @@ from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, save_lora
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
-from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoint,
-                                           register_unet_state_hooks, save_checkpoint)
+from t2i_align.training.checkpoint import (CheckpointContents, find_resume_checkpoint, load_checkpoint,
+                                           register_checkpoint_contents, register_unet_state_hooks,
+                                           save_checkpoint)
 from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
                                             to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
@@ -247,7 +248,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     lr_scheduler = build_lr_scheduler(optimizer, t_cfg.lr_scheduler, t_cfg.warmup_steps, t_cfg.max_steps)
     register_unet_state_hooks(accelerator, use_lora, parts.family)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    accelerator.register_for_checkpointing(lr_scheduler)  # for accelerate's save_state (DeepSpeed / FSDP)
+    register_checkpoint_contents(accelerator, CheckpointContents(unet, optimizer, lr_scheduler, use_lora, parts.family),
+                                 allow_pickle=bool(t_cfg.get("allow_pickle_checkpoint", False)))
 
     step, position, skipped_rows = 0, {"epoch": 0, "batch": 0}, 0
     checkpoint = find_resume_checkpoint(run_dir, t_cfg.resume)
