@@ -40,6 +40,9 @@ def test_pickle_detector_catches_torch_save_and_pickle(tmp_path):
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_checkpoint_folder_holds_no_pickle(tmp_path, name):
+    # what kills leave behind: a cut write and a cut delete; the next save removes them
+    for leftover in [".tmp-step_7", ".trash-step_1"]:
+        (tmp_path / name / "checkpoints" / leftover / "unet").mkdir(parents=True)
     run_dir, _ = train(tmp_path / name, TINY_RUN + RUNS[name])
     # checkpoints at steps 1, 2, 3 (none at max_steps): keep_last=2 pruned step_1 and left no trash
     assert [s for s, _ in list_checkpoints(run_dir)] == [2, 3]
