@@ -33,6 +33,12 @@ the last `keep_last` are kept, and an old one is first renamed to .trash-step_<N
 deleted, so a kill mid-delete never leaves a half-deleted step_<N>. Leftover .tmp-* / .trash-*
 folders are removed at the next save; list_checkpoints only returns step_<N> folders holding
 trainer_state.json.
+
+Use (recipe.py): after accelerator.prepare, register_checkpoint_contents(accelerator,
+CheckpointContents(unet, optimizer, lr_scheduler, use_lora, family), allow_pickle=...); then
+save_checkpoint(accelerator, run_dir, step, trainer_state, keep_last) and
+load_checkpoint(accelerator, folder). scripts/crash_test.py SIGKILLs a run at random moments to
+check all of the above.
 """
 
 import json
