@@ -3,6 +3,7 @@ trackers (wandb / tensorboard) when a logger is configured."""
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -52,7 +53,9 @@ class MetricsWriter:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a kill mid-rewrite keeps the old file
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def write(self, record: dict):
         if not self.enabled:

@@ -32,7 +32,7 @@ from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, save_lora
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
-from t2i_align.training.checkpoint import (find_resume_checkpoint, load_checkpoint,
+from t2i_align.training.checkpoint import (CheckpointContents, find_resume_checkpoint, load_checkpoint,
                                            register_unet_state_hooks, save_checkpoint)
 from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
                                             to_float)
@@ -276,12 +276,14 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     lr_scheduler = build_lr_scheduler(optimizer, t_cfg.lr_scheduler, t_cfg.warmup_steps, t_cfg.max_steps)
     register_unet_state_hooks(accelerator, use_lora, parts.family)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
-    accelerator.register_for_checkpointing(lr_scheduler)
+    accelerator.register_for_checkpointing(lr_scheduler)  # for accelerate's save_state (DeepSpeed / FSDP)
+    contents = CheckpointContents(unet, optimizer, lr_scheduler, use_lora, parts.family)
 
     step, position, skipped = 0, {"epoch": 0, "batch": 0}, set()
     checkpoint = find_resume_checkpoint(run_dir, t_cfg.resume)
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
+        state = load_checkpoint(accelerator, contents, checkpoint,
+                                allow_pickle=t_cfg.get("allow_pickle_checkpoint", False) is True)
         step, skipped = state["step"], set(state.get("skipped_indices", []))
         position = {"epoch": state["epoch"], "batch": state["batch_in_epoch"]}
         log.info("resumed from %s at step %d", checkpoint, step)
@@ -361,7 +363,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             if t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0 and step < t_cfg.max_steps:
                 state = {"step": step, "epoch": position["epoch"], "batch_in_epoch": position["batch"],
                          "skipped_rows": len(skipped), "skipped_indices": sorted(skipped)}
-                last_checkpoint = save_checkpoint(accelerator, run_dir, step, state, t_cfg.keep_last)
+                last_checkpoint = save_checkpoint(accelerator, contents, run_dir, step, state, t_cfg.keep_last)
             if t_cfg.stop_after_steps and step >= t_cfg.stop_after_steps:
                 log.info("trainer.stop_after_steps=%d reached: stopping (resume with trainer.resume=latest)", step)
                 accelerator.end_training()
@@ -398,8 +400,12 @@ def save_final(accelerator, unet, use_lora: bool, family: str, run_dir: Path, in
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "training_info.json").write_text(json.dumps(info, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # renamed away first: a kill never leaves a half-deleted final/
+            trash = run_dir / ".trash-final"
+            if trash.exists():
+                shutil.rmtree(trash)
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
