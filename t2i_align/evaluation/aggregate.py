@@ -7,7 +7,7 @@ the training data (eval.data_rewards), and for every model but the baseline the 
 the baseline on the same (prompt, seed) items: the paired difference (diff, diff_low, diff_high),
 its p-value (two-sided paired t over prompt means), the p-value adjusted for the table's
 comparisons (Holm by default) with a significance flag, and the clustered win rate (ties half).
-REFERENCE.md, "Evaluation statistics", says why each is there.
+README.md (Evaluation, "Statistics") says why each is there.
 """
 
 import math

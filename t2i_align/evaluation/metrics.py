@@ -3,7 +3,7 @@
 Evaluation items are (prompt, seed) pairs with the seeds nested in the prompts (seed s is the
 same starting noise for every prompt). Scores of one prompt are correlated (reward means are
 mostly prompt-driven), so treating the prompts x seeds images as independent makes intervals too
-narrow by the design effect 1 + (m - 1) rho (REFERENCE.md, "Evaluation statistics"). Every
+narrow by the design effect 1 + (m - 1) rho (README.md, Evaluation, "Statistics"). Every
 interval here is therefore clustered by prompt: the per-image values are averaged per prompt
 first and the interval is a Student t interval over the prompt means,
 
@@ -170,7 +170,7 @@ def paired_difference(candidate, baseline, clusters=None,
     """(diff, low, high, p): candidate minus baseline per (prompt, seed) item, averaged per prompt,
     t interval over the prompt-mean differences (clamped to [-1, 1] when both are rates) and the
     two-sided paired t test's p-value. Two overlapping per-model intervals are not a test; this
-    is (REFERENCE.md)."""
+    is (README.md, Evaluation, "Statistics")."""
     candidate, baseline = _paired(candidate, baseline, "a paired difference")
     per_prompt = cluster_means(candidate - baseline, clusters)
     bounds = (-1.0, 1.0) if is_rate(candidate) and is_rate(baseline) else None
@@ -197,7 +197,7 @@ def win_rate(candidate, baseline, confidence: float = 0.95, tie_tolerance: float
 def cluster_bootstrap_interval(values, clusters=None, confidence: float = 0.95, n_boot: int = 2000,
                                seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): percentile interval of the mean of prompt means over `n_boot` resamples
-    of the prompts with replacement (a cluster bootstrap, REFERENCE.md), from a torch generator
+    of the prompts with replacement (a cluster bootstrap), from a torch generator
     seeded with `seed` so it is reproducible. An alternative to the t interval (the default) when
     prompt means are far from normal; not used by the tables."""
     _check_confidence(confidence)

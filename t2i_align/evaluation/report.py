@@ -1,6 +1,6 @@
 """Results tables (CSV, JSON, markdown) and a static HTML report.
 
-Every table states what a reviewer needs to read it (REFERENCE.md, "Evaluation statistics"):
+Every table states what a reviewer needs to read it (README.md, Evaluation, "Statistics"):
 n_prompts and n_seeds, intervals clustered by prompt, paired differences to the baseline with
 their p-values, the multiple-comparison correction and how many comparisons it covered, and
 which rewards were used on the training data (their gains are not independent evidence).

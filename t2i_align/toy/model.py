@@ -3,8 +3,8 @@ scripts/pretrain_toy.py) and ship inside the package (fp16 safetensors).
 
 Same classes as SDXL: AutoencoderKL (32x32x3 <-> 16x16x4), two CLIP text encoders with the real
 CLIP tokenizer (hidden 32 and 64 + projection, penultimate states concatenated to 96), a
-UNet2DConditionModel with SDXL's text_time add-embedding, EulerDiscreteScheduler. Sizes follow
-../shared/TOY_WORLD_NOTES.md (what a feasibility run found to train in minutes).
+UNet2DConditionModel with SDXL's text_time add-embedding, EulerDiscreteScheduler. Sizes are
+what a feasibility run found to pretrain in minutes on 2 CPU cores (README.md, The toy world).
 """
 
 from __future__ import annotations

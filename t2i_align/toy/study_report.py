@@ -1,7 +1,7 @@
 """The toy study's analysis: choose each method's setting on the validation prompts, report it on the
 test prompts with intervals clustered by prompt and differences paired with the base.
 
-Statistics (REFERENCE.md, evaluation statistics): an item is (prompt, sampling seed, training seed);
+Statistics (README.md, Evaluation, "Statistics"): an item is (prompt, sampling seed, training seed);
 seeds are nested in prompts, so every mean is taken per prompt first (over sampling seeds and the
 training seeds of the setting) and the 95% interval is a Student t interval over the prompts.
 A gain is the paired difference aligned - base per (prompt, sampling seed), averaged per prompt

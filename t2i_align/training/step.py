@@ -57,7 +57,7 @@ def pair_time_ids(mode: str, original_sizes_w, original_sizes_l, crop_top_left, 
     """SDXL add_time_ids for the chosen rows, then the rejected rows (with_rejected).
 
     "fixed": (res, res, 0, 0, res, res) for every image, as the Diffusion-DPO, DCPO and InPO
-    releases train and as SDXL pipelines pass at inference (REFERENCE.md, SDXL conditioning).
+    releases train and as SDXL pipelines pass at inference (model.time_ids in conf/model/sdxl.yaml).
     "original": each image's own original size and the pair's crop corner (MaPO's release uses
     jpg_0's for both; SDXL's pretraining used the real ones). Most Pick-a-Pic images are smaller
     than 1024 px, so "original" teaches the preference under a low-resolution-source condition

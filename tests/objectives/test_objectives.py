@@ -1,4 +1,4 @@
-"""Objective values against hand-computed numbers (REFERENCE.md check values)."""
+"""Objective values against hand-computed numbers."""
 
 import math
 

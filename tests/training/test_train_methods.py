@@ -23,7 +23,7 @@ def test_method_trains_and_logs(tmp_path, method, model, lora):
         assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["lr"] == pytest.approx(1e-3)
         assert r["skipped_rows"] == 0
     if method in ("dpo", "dcpo", "inpo"):
-        # policy == reference at step 1: the loss is ln 2 exactly (REFERENCE.md)
+        # policy == reference at step 1: the loss is -log sigmoid(0) = ln 2 exactly
         assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
         assert records[0]["model_err_w"] == pytest.approx(records[0]["ref_err_w"], abs=1e-6)
         assert {"implicit_acc", "ref_err_l", "model_err_l"} <= records[0].keys()

@@ -5,7 +5,7 @@ definition of Hessel et al.; real image/caption pairs are essentially never nega
 torchmetrics' ``CLIPScore`` / ``clip_score`` instead does NOT clamp per sample: it averages
 the raw ``100 * cos`` values and returns ``max(mean, 0)``. To reproduce torchmetrics exactly
 use ``load_clip_score(..., clamp=False)`` and aggregate with :func:`clip_score_mean`.
-(torchmetrics 1.9 itself breaks on transformers 5.x, see REFERENCE.md.)
+(torchmetrics 1.9 itself fails with transformers 5.x, so the metric is computed here.)
 """
 
 from __future__ import annotations
