@@ -120,18 +120,21 @@ def load_table(d_cfg, data_path, seed: int, per_image_captions: bool = False):
                       require_image_captions=per_image_captions)
 
 
-def note_skipped(batch: dict, skipped: set, accelerator) -> None:
-    """Add the rows this batch skipped (unreadable images) to `skipped`, the run's set of unique
-    skipped dataset indices, warning once per row. Every process calls it once per micro-batch
-    (one small gather when there are several), so the set and the count are global."""
-    new = [(index, why) for index, why in batch.get("skipped", []) if index not in skipped]
-    for index, why in new:
-        log.warning("skipping pair: %s", why)
-    found = [index for index, _ in new]
+def note_skipped(batch: dict, skipped: set, new: list) -> None:
+    """Warn once about each row this batch skipped (unreadable images) that `skipped`, the run's
+    set of unique skipped dataset indices, does not hold yet, and add it to `new`."""
+    for index, why in batch.get("skipped", []):
+        if index not in skipped and index not in new:
+            log.warning("skipping pair: %s", why)
+            new.append(index)
+
+
+def merge_skipped(skipped: set, new: list, accelerator) -> None:
+    """Add every process's newly skipped rows to `skipped` (one small gather per optimizer step
+    when there are several processes), so the set and its count are the same on all of them."""
     if accelerator.num_processes > 1:
-        found = gather_object([found])
-        found = [index for part in found for index in part]
-    skipped.update(found)
+        new = [index for part in gather_object([list(new)]) for index in part]
+    skipped.update(new)
 
 
 def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_captions: bool, vae_dtype,
@@ -308,13 +311,13 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     try:
         while step < t_cfg.max_steps:
             started = time.perf_counter()
-            records, step_indices = [], []
+            records, step_indices, new_skipped = [], [], []
             for micro in range(t_cfg.grad_accum):
                 batch = next(batches)
-                note_skipped(batch, skipped, accelerator)
+                note_skipped(batch, skipped, new_skipped)
                 while batch["size"] == 0:  # every row of the batch was unreadable
                     batch = next(batches)
-                    note_skipped(batch, skipped, accelerator)
+                    note_skipped(batch, skipped, new_skipped)
                 sync = micro == t_cfg.grad_accum - 1
                 # One random stream per pair, seeded by (seed, step, micro-batch, dataset index):
                 # the same draws whatever the process count, and after a resume.
@@ -345,6 +348,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            merge_skipped(skipped, new_skipped, accelerator)
 
             record = {"step": step, **mean_over_processes(mean_metrics(records), accelerator),
                       "lr": lr_scheduler.get_last_lr()[0],

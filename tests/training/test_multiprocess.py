@@ -84,3 +84,24 @@ def test_two_process_checkpoints_resume(runs):
         torch.testing.assert_close(w_resumed[name], w_two[name], rtol=0, atol=0, msg=name)
     info = json.loads((runs["resumed"] / "final" / "training_info.json").read_text())
     assert info["steps"] == 4
+
+
+def test_two_processes_count_each_unreadable_row_once(tmp_path):
+    """Skipped rows are a set shared by the processes: each is warned about once and counted
+    once, whichever process reads it and however often (3 epochs here)."""
+    import re
+    from collections import Counter
+
+    from tests.data.bad_data import MAX_PIXELS, write_bad_parquet
+
+    outcomes = write_bad_parquet(tmp_path / "bad.parquet")
+    skipped = [row for row, (_, outcome, _) in enumerate(outcomes) if outcome == "skipped"]
+    run_dir = tmp_path / "run"
+    done = torchrun(run_dir, ["data=pickapic_v2", f"data.path={tmp_path / 'bad.parquet'}", "data.num_workers=0",
+                              "data.resolution=24", f"data.max_image_pixels={MAX_PIXELS}", "trainer.max_steps=14",
+                              "trainer.checkpoint_every=0", "trainer.caption_dropout=0.0"])
+    warned = Counter(int(r) for r in re.findall(r"skipping pair: [^\n]*?row (\d+)", done.stderr))
+    assert warned == Counter(skipped)
+    info = json.loads((run_dir / "final" / "training_info.json").read_text())
+    assert info["skipped_rows"] == len(skipped) and info["skipped_source_rows"] == skipped
+    assert read_metrics(run_dir)[-1]["skipped_rows"] == len(skipped)
