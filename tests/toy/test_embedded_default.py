@@ -1,6 +1,7 @@
 """`python -m t2i_align.train` with no arguments (here shrunk: 1 seed per prompt, 5 steps, 4
 evaluation prompts): builds the toy set with the real builder, trains MaPO on toy_sdxl,
-evaluates base vs aligned and writes the results table and grid into the run directory."""
+evaluates base vs aligned and writes the results table and grid into the run directory; the
+console holds our own progress bars and log lines only."""
 
 import json
 import os
@@ -30,3 +31,8 @@ def test_no_argument_run_builds_trains_and_evaluates(tmp_path):
         (m, r) for m in ("base", "mapo") for r in ("toy_style", "toy_colour", "toy_shape")}
     assert all(r["n"] == 8 and 0 <= r["mean"] <= 1 for r in rows)
     assert (run_dir / "eval" / "grid.png").is_file() and (run_dir / "eval" / "report.html").is_file()
+    console = result.stdout + result.stderr
+    for noise in ("Loading weights", "Loading pipeline components", "torch_dtype", "Warning", "Generating train split",
+                  "Map:", "Filter:", "Saving the dataset"):
+        assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
+    assert "build toy_pickstyle" in console and "train mapo" in console
