@@ -100,7 +100,7 @@ def test_two_processes_count_each_unreadable_row_once(tmp_path):
     done = torchrun(run_dir, ["data=pickapic_v2", f"data.path={tmp_path / 'bad.parquet'}", "data.num_workers=0",
                               "data.resolution=24", f"data.max_image_pixels={MAX_PIXELS}", "trainer.max_steps=14",
                               "trainer.checkpoint_every=0", "trainer.caption_dropout=0.0"])
-    warned = Counter(int(r) for r in re.findall(r"skipping pair: [^\n]*?row (\d+)", done.stderr))
+    warned = Counter(int(r) for r in re.findall(r"skipping pair: [^\n]*?row (\d+)", done.stdout + done.stderr))
     assert warned == Counter(skipped)
     info = json.loads((run_dir / "final" / "training_info.json").read_text())
     assert info["skipped_rows"] == len(skipped) and info["skipped_source_rows"] == skipped
