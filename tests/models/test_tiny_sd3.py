@@ -64,3 +64,22 @@ def test_offline_t5_tokenizer_round_trips_and_never_fails(tmp_path):
     assert odd[-1] == 1 and all(0 <= i < len(t5_vocabulary()) for i in odd)
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path)("a red circle").input_ids == ids
+
+
+@pytest.mark.parametrize("with_t5", [True, False], ids=["t5", "no-t5"])
+def test_sd3_prompt_encoding_equals_the_pipelines(t2i_cache, with_t5):
+    from diffusers import StableDiffusion3Pipeline
+
+    from t2i_align.models.prompt_encoding_sd3 import encode_sd3_prompts
+
+    extra = {} if with_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+    pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_path("tiny:sd3"), **extra)
+    captions = ["a red circle on a grey background", "a very long prompt " * 40, "猫"]
+    with torch.no_grad():
+        ours = encode_sd3_prompts(captions, [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3],
+                                  [pipe.tokenizer, pipe.tokenizer_2, pipe.tokenizer_3], max_sequence_length=24,
+                                  joint_attention_dim=pipe.transformer.config.joint_attention_dim)
+        theirs, _, pooled, _ = pipe.encode_prompt(captions, captions, captions, do_classifier_free_guidance=False,
+                                                   max_sequence_length=24)
+    assert ours["encoder_hidden_states"].shape == (3, 77 + 24, 96) and ours["pooled_projections"].shape == (3, 80)
+    assert torch.equal(ours["encoder_hidden_states"], theirs) and torch.equal(ours["pooled_projections"], pooled)
