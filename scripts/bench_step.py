@@ -394,16 +394,18 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
     prompt, or per-image captions for DCPO), forward noising or (InPO) DDIM inversion."""
     import torch
 
-    from t2i_align.training.step import build_conditioning, encode_latents
+    from t2i_align.families import get_family
+    from t2i_align.training.step import build_conditioning
 
+    family = get_family(parts.family)
     uses_rejected = training.objective.uses_rejected
     if "latent_mean_w" in batch:  # the latent cache: a posterior sample and cached embeddings only
-        from t2i_align.training.step import cached_conditioning, posterior_latents
+        from t2i_align.training.step import cached_conditioning
 
         mean, std = batch["latent_mean_w"], batch["latent_std_w"]
         if uses_rejected:
             mean, std = torch.cat([mean, batch["latent_mean_l"]]), torch.cat([std, batch["latent_std_l"]])
-        latents = posterior_latents(mean.to(device), std.to(device), generator, batch["scaling_factor"],
+        latents = family.posterior_latents(mean.to(device), std.to(device), generator, batch["scaling_factor"],
                                     batch["shift_factor"])
         latents_w, latents_l = latents.chunk(2) if uses_rejected else (latents, None)
         cond = cached_conditioning(batch, None, uses_rejected, training.per_image_captions, parts.family,
@@ -411,9 +413,9 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
         return _noise(parts, training, cond, latents_w, latents_l, generator)
     if uses_rejected:
         pixels = torch.cat([batch["pixels_w"], batch["pixels_l"]])
-        latents_w, latents_l = encode_latents(parts.vae, pixels, generator).chunk(2)
+        latents_w, latents_l = family.encode_latents(parts.vae, pixels, generator).chunk(2)
     else:
-        latents_w, latents_l = encode_latents(parts.vae, batch["pixels_w"], generator), None
+        latents_w, latents_l = family.encode_latents(parts.vae, batch["pixels_w"], generator), None
     if training.per_image_captions:
         captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
     else:
@@ -425,13 +427,13 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
 
 
 def _noise(parts, training: Training, cond: dict, latents_w, latents_l, generator) -> dict:
-    from t2i_align.noising import forward_noise_pairs
+    from t2i_align.families import get_family
 
     if training.noising["noising"] == "inversion":
         noisy, target, timesteps = invert_pairs(parts, training, cond, latents_w, latents_l, generator)
     else:
-        noisy, target, timesteps = forward_noise_pairs(parts.noise_scheduler, latents_w, latents_l,
-                                                       generator, parts.prediction_type)
+        noisy, target, timesteps = get_family(parts.family).forward_pairs(
+            parts.noise_scheduler, latents_w, latents_l, generator, parts.prediction_type)
     return {"noisy": noisy, "target": target, "timesteps": timesteps, "latents_w": latents_w,
             "latents_l": latents_l, **cond}
 
@@ -442,20 +444,20 @@ def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, ge
     implementation spends, so the bare loop runs them too."""
     import torch
 
-    from t2i_align.noising import inversion_noise_pairs
+    from t2i_align.families import get_family
 
+    family = get_family(parts.family)
     settings = training.noising
     inverter = training.reference if settings["inversion_model"] == "reference" else training.unet
 
     @torch.no_grad()
     def predict(x, t):
-        out = inverter(x, t, cond["encoder_hidden_states"], added_cond_kwargs=cond.get("added_cond_kwargs"))
-        return out if torch.is_tensor(out) else out.sample
+        return family.predict(inverter, x, t, cond)
 
-    return inversion_noise_pairs(parts.noise_scheduler, latents_w, latents_l, predict, generator,
-                                 parts.prediction_type, num_steps=settings["inversion_steps"],
-                                 eta=settings["inversion_eta"],
-                                 evaluate_at=settings.get("inversion_evaluate_at", "destination"))
+    return family.inversion_pairs(parts.noise_scheduler, latents_w, latents_l, predict, generator,
+                                  parts.prediction_type, num_steps=settings["inversion_steps"],
+                                  eta=settings["inversion_eta"],
+                                  evaluate_at=settings.get("inversion_evaluate_at", "destination"))
 
 
 class BareStep:

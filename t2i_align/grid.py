@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from t2i_align.evaluate import model_specs, sample_models
+from t2i_align.evaluation.run import model_specs, sample_models
 from t2i_align.evaluation.grid_image import comparison_grid
 from t2i_align.evaluation.prompts import load_prompts
 from t2i_align.evaluation.rewards import load_reward

@@ -10,8 +10,9 @@ once. What is stored, per table row (chosen image first, as PreferencePairs retu
   with store_std=False only the mean (half the storage; training then uses the posterior mean);
   with flip variants also those of the horizontally flipped crop;
 - SDXL micro-conditioning (original sizes, crop corner, and the crop corner of the flipped crop);
-- an id into a table of unique caption embeddings (encoder hidden states, and the pooled
-  embedding for SDXL), plus the embedding of the empty prompt for caption dropout.
+- an id into a table of unique caption embeddings (what the family's TEXT_CACHE names: encoder
+  hidden states, and the pooled embedding for SDXL), plus the embedding of the empty prompt for
+  caption dropout.
 
 Layout: <dir>/cache_key.json, <dir>/captions.safetensors + captions.json,
 <dir>/shards/rows-00000-of-00004.safetensors ..., <dir>/cache_info.json (written last: the cache
@@ -130,7 +131,7 @@ def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bo
                   caption_ids: dict, storage_dtype, batch_size: int, store_std: bool = True,
                   max_image_pixels: int | None = None) -> dict:
     """The tensors of one shard (rows in table order; unreadable rows have valid = 0)."""
-    from t2i_align.training.step import encode_posterior
+    from t2i_align.models.latents import encode_posterior
 
     count = len(rows)
     out = {"valid": torch.zeros(count, dtype=torch.uint8), "row": torch.tensor(list(rows), dtype=torch.long),
@@ -191,23 +192,21 @@ def _encode_shard(table, rows: range, *, vae, resolution: int, flip_variants: bo
 
 
 @torch.no_grad()
-def _encode_captions(captions: list[str], text_encoders, tokenizers, family: str, storage_dtype,
+def _encode_captions(captions: list[str], text_encoders, tokenizers, family, storage_dtype,
                      batch_size: int) -> dict:
-    from t2i_align.models.prompt_encoding import encode_prompts
+    """The family's cached text tensors (its TEXT_CACHE: "hidden", and "pooled" for SDXL) of `captions`."""
+    from t2i_align.families import get_family
 
-    hidden, pooled = [], []
+    fam = get_family(family)
+    parts: dict = {name: [] for name in fam.TEXT_CACHE}
     for i in range(0, len(captions), batch_size):
-        cond = encode_prompts(captions[i:i + batch_size], text_encoders, tokenizers, family)
-        hidden.append(cond["encoder_hidden_states"].to("cpu", storage_dtype))
-        if "text_embeds" in cond:
-            pooled.append(cond["text_embeds"].to("cpu", storage_dtype))
-    out = {"hidden": torch.cat(hidden)}
-    if pooled:
-        out["pooled"] = torch.cat(pooled)
-    return out
+        cond = fam.encode_prompts(captions[i:i + batch_size], text_encoders, tokenizers)
+        for name, key in fam.TEXT_CACHE.items():
+            parts[name].append(cond[key].to("cpu", storage_dtype))
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenizers, family: str,
+def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenizers, family,
                        resolution: int, flip_variants: bool, per_image_captions: bool,
                        storage_dtype: str = "float16", shard_size: int = 1024, batch_size: int = 16,
                        store_std: bool = True, max_image_pixels: int | None = None,
@@ -254,6 +253,9 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
         log.info("latent cache: shard %d/%d written (%d rows)", k + 1, num_shards, len(rows))
     wait()
     if process_index == 0:
+        from t2i_align.families import get_family
+
+        scaling_factor, shift_factor = get_family(family).latent_factors(vae)
         valid = 0
         for k in range(num_shards):
             from safetensors import safe_open
@@ -264,8 +266,7 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
                 "shard_size": shard_size, "captions": len(captions), "flip_variants": bool(flip_variants),
                 "per_image_captions": bool(per_image_captions), "resolution": int(resolution),
                 "store_std": bool(store_std),
-                "scaling_factor": float(vae.config.scaling_factor),
-                "shift_factor": getattr(vae.config, "shift_factor", None), "key_hash": key_hash(key)}
+                "scaling_factor": float(scaling_factor), "shift_factor": shift_factor, "key_hash": key_hash(key)}
         _atomic_write_text(folder / "cache_info.json", json.dumps(info, indent=2))
     wait()
     return folder
@@ -302,8 +303,8 @@ class CachedPairs(torch.utils.data.Dataset):
         # The caption table is memory-mapped like the shards (SDXL: 0.3 MB per unique caption);
         # only the empty prompt's embedding (caption dropout) is held in memory.
         captions = self._open(folder / "captions.safetensors")
-        self.has_pooled = "pooled" in captions.keys()
-        self.empty_captions = {name: captions.get_slice(name)[0:1][0] for name in captions.keys()}
+        self.text_names = sorted(captions.keys())  # the family's TEXT_CACHE names ("hidden", "pooled")
+        self.empty_captions = {name: captions.get_slice(name)[0:1][0] for name in self.text_names}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -346,9 +347,8 @@ class CachedPairs(torch.utils.data.Dataset):
             item[f"latent_std_{side}"] = (row(f"latent_std_{side}{suffix}") if self.info.get("store_std", True)
                                           else torch.zeros_like(item[f"latent_mean_{side}"]))
         cw, cl = int(row("caption_w")), int(row("caption_l"))
-        item["hidden_w"], item["hidden_l"] = self._caption("hidden", cw), self._caption("hidden", cl)
-        if self.has_pooled:
-            item["pooled_w"], item["pooled_l"] = self._caption("pooled", cw), self._caption("pooled", cl)
+        for name in self.text_names:
+            item[f"{name}_w"], item[f"{name}_l"] = self._caption(name, cw), self._caption(name, cl)
         item.update(original_size_w=row("original_size_w"), original_size_l=row("original_size_l"),
                     crop_top_left=row("crop_top_left_flip" if flip else "crop_top_left"), index=index)
         return item
@@ -362,12 +362,11 @@ def collate_cached(items: list, empty_captions: dict, scaling_factor: float, shi
     if not good:
         return batch
     stack = lambda name: torch.stack([item[name] for item in good])  # noqa: E731
-    for name in ("latent_mean_w", "latent_std_w", "latent_mean_l", "latent_std_l", "hidden_w", "hidden_l"):
+    for name in ("latent_mean_w", "latent_std_w", "latent_mean_l", "latent_std_l"):
         batch[name] = stack(name).float()
-    if "pooled_w" in good[0]:
-        batch["pooled_w"], batch["pooled_l"] = stack("pooled_w").float(), stack("pooled_l").float()
-        batch["empty_pooled"] = empty_captions["pooled"].float()
-    batch["empty_hidden"] = empty_captions["hidden"].float()
+    for name, empty in empty_captions.items():  # the family's cached text tensors
+        batch[f"{name}_w"], batch[f"{name}_l"] = stack(f"{name}_w").float(), stack(f"{name}_l").float()
+        batch[f"empty_{name}"] = empty.float()
     batch.update(original_sizes_w=stack("original_size_w"), original_sizes_l=stack("original_size_l"),
                  crop_top_left=stack("crop_top_left"),
                  indices=torch.tensor([item["index"] for item in good], dtype=torch.long),

@@ -91,7 +91,7 @@ def pipeline_sources(spec: dict, base) -> dict:
     base = {"path": base} if isinstance(base, (str, os.PathLike)) else base
     return {"base": str(base["path"]), "unet": spec.get("unet") or base.get("unet_path"),
             "lora": spec.get("lora"), "vae": spec.get("vae") or base.get("vae_path"),
-            "revision": base.get("revision"), "variant": base.get("variant")}
+            "revision": base.get("revision"), "variant": base.get("variant"), "family": base.get("family")}
 
 
 def _hub_identity(repo_id: str, revision: str | None) -> dict:
@@ -190,13 +190,28 @@ def model_cache_key(spec: dict, base, settings: dict) -> ModelKey:
     return ModelKey(_plain(key), _plain(source))
 
 
+def pipeline_class(family: str | None = None):
+    """The diffusers pipeline class that samples `family` (t2i_align/families/: its
+    pipeline_class()); None: diffusers' AutoPipelineForText2Image, which picks the class from the
+    base's model_index.json (any text-to-image pipeline diffusers knows)."""
+    if family is None:
+        from diffusers import AutoPipelineForText2Image
+
+        return AutoPipelineForText2Image
+    from t2i_align.families import get_family
+
+    return get_family(family).pipeline_class()
+
+
 def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, device="cpu",
                   dtype=torch.float32, vae: str | None = None, revision: str | None = None,
-                  variant: str | None = None):
+                  variant: str | None = None, family: str | None = None):
     """A diffusers text-to-image pipeline for `base` (at `revision`, reading `variant` weights),
     with a trained UNet folder or LoRA loaded, and optionally another VAE (e.g. an fp16-safe
-    SDXL VAE). unet / vae: a model folder, a pipeline or run folder with unet/ / vae/, or a hub id."""
-    from diffusers import AutoencoderKL, AutoPipelineForText2Image, UNet2DConditionModel
+    SDXL VAE). unet / vae: a model folder, a pipeline or run folder with unet/ / vae/, or a hub id.
+    family: the model family (model.family), whose pipeline class and denoiser loader are used;
+    None picks the pipeline from the base's model_index.json (pipeline_class)."""
+    from diffusers import AutoencoderKL
 
     from t2i_align.models.loading import _override_location, dtype_argument
     from t2i_align.models.tiny import resolve_model_path
@@ -205,15 +220,26 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
     kwargs = {**dtype_argument(dtype), "revision": revision, "variant": variant}
     if unet is not None:
         src, sub = _override_location(str(unet), "unet", "UNet")
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
+        kwargs["unet"] = _load_denoiser(family, src, sub, **dtype_argument(dtype))
     if vae is not None:
         src, sub = _override_location(str(vae), "vae", "VAE")
         kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
-    pipe = AutoPipelineForText2Image.from_pretrained(base, **kwargs)
+    pipe = pipeline_class(family).from_pretrained(base, **kwargs)
     if lora is not None:
         pipe.load_lora_weights(lora)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _load_denoiser(family: str | None, source: str, subfolder: str | None, **kwargs):
+    """A trained denoiser folder: the family's loader, or (family unknown) a UNet2DConditionModel."""
+    if family is None:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, **kwargs)
+    from t2i_align.families import get_family
+
+    return get_family(family).load_denoiser(source, subfolder, **kwargs)
 
 
 def check_pipeline(pipe, model_key: ModelKey) -> None:

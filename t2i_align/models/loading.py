@@ -19,9 +19,6 @@ import torch
 from .tiny import resolve_model_path
 from t2i_align.errors import InputError, InputNotFoundError
 
-FAMILIES = ("sdxl", "sd")
-
-
 @dataclass
 class DiffusionParts:
     """Everything the training loop needs from a diffusion pipeline."""
@@ -44,9 +41,15 @@ def dtype_argument(dtype) -> dict:
 
     return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
+
+def _family(name: str):
+    from t2i_align.families import get_family
+
+    return get_family(name)
+
+
 def _required_subfolders(family: str) -> tuple[str, ...]:
-    base = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
-    return base + ("text_encoder_2", "tokenizer_2") if family == "sdxl" else base
+    return _family(family).REQUIRED_SUBFOLDERS
 
 
 def _is_local(path: str) -> bool:
@@ -57,7 +60,8 @@ def _is_local(path: str) -> bool:
 
 
 def _detect_family(source: str, revision: str | None) -> str:
-    """'sdxl' if the pipeline's model_index.json has a second text encoder (or an XL class), else 'sd'."""
+    """The family that claims the pipeline's model_index.json (families.detect_family: SDXL with a
+    second text encoder or an XL class, else SD)."""
     from diffusers import DiffusionPipeline
 
     if _is_local(source) and not (pathlib.Path(source) / "model_index.json").is_file():
@@ -65,11 +69,9 @@ def _detect_family(source: str, revision: str | None) -> str:
             f"{source} is not a diffusers pipeline folder: model_index.json is missing "
             f"(pass family='sdxl' or 'sd' explicitly, or point to the pipeline's root folder)"
         )
-    index = DiffusionPipeline.load_config(source, revision=revision)
-    class_name = str(index.get("_class_name", ""))
-    te2 = index.get("text_encoder_2")
-    has_te2 = isinstance(te2, (list, tuple)) and len(te2) == 2 and te2[1] is not None
-    return "sdxl" if has_te2 or "XL" in class_name else "sd"
+    from t2i_align.families import detect_family
+
+    return detect_family(DiffusionPipeline.load_config(source, revision=revision))
 
 
 def _check_local_folder(source: str) -> None:
@@ -113,11 +115,8 @@ def _override_location(path: str, subfolder: str, what: str) -> tuple[str, str |
 
 
 def _check_unet_family(unet, family: str, where: str) -> None:
-    """SDXL UNets take pooled text + time ids ("text_time"); SD UNets do not. Catch a mismatch early."""
-    is_xl = unet.config.get("addition_embed_type") == "text_time"
-    if is_xl != (family == "sdxl"):
-        kind = "an SDXL" if is_xl else "an SD (non-XL)"
-        raise InputError(f"the UNet from {where} is {kind} UNet, but family={family!r} was requested")
+    """A denoiser of another family (an SDXL UNet asked to train as SD, ...): caught early."""
+    _family(family).check_denoiser(unet, where)
 
 
 def _freeze(module):
@@ -151,12 +150,14 @@ def load_parts(
 
     UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
-    UNet in train mode with all parameters trainable. The scheduler is always a
-    ``DDPMScheduler`` built from the pipeline's scheduler config (Euler / DDIM / PNDM
-    configs share the training noise schedule); ``prediction_type`` is read from it.
+    UNet in train mode with all parameters trainable. What differs between families (text
+    encoders, the denoiser class and its check, the training scheduler: a ``DDPMScheduler``
+    built from the pipeline's scheduler config for the UNet families, ``prediction_type`` read
+    from it) is the family module's (t2i_align/families/).
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import AutoencoderKL
+
+    from t2i_align.families import FAMILIES
 
     if family is not None and family not in FAMILIES:
         raise InputError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)} (or None to detect)")
@@ -169,28 +170,14 @@ def load_parts(
         family = _detect_family(source, revision)
     if local:
         _check_subfolders(source, family)
+    fam = _family(family)
 
-    hub = dict(revision=revision)
     weights = dict(revision=revision, variant=variant)
     te_dtype = text_encoder_dtype if text_encoder_dtype is not None else torch.float32
 
-    noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **hub)
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise InputError(
-            f"{source}: scheduler prediction_type {prediction_type!r} is not supported "
-            f"(expected 'epsilon' or 'v_prediction')"
-        )
-
-    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)]
-    text_encoders = []
-    if with_text_encoders:
-        text_encoders.append(CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=te_dtype, **weights))
-    if family == "sdxl":
-        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **hub))
-        if with_text_encoders:
-            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
-                source, subfolder="text_encoder_2", dtype=te_dtype, **weights))
+    noise_scheduler, prediction_type = fam.load_scheduler(source, revision)
+    text_encoders, tokenizers = fam.load_text_encoders(source, revision=revision, variant=variant, dtype=te_dtype,
+                                                       with_text_encoders=with_text_encoders)
 
     if not with_vae:
         vae = None
@@ -202,9 +189,9 @@ def load_parts(
 
     if unet_path is not None:
         unet_src, unet_sub = _override_location(unet_path, "unet", "UNet")
-        unet = UNet2DConditionModel.from_pretrained(unet_src, subfolder=unet_sub, **dtype_argument(torch.float32))
+        unet = fam.load_denoiser(unet_src, unet_sub, **dtype_argument(torch.float32))
     else:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **dtype_argument(torch.float32), **weights)
+        unet = fam.load_denoiser(source, "unet", **dtype_argument(torch.float32), **weights)
     _check_unet_family(unet, family, unet_path or source)
     unet.requires_grad_(True)
     unet.train()

@@ -72,20 +72,19 @@ def add_lora(
 def save_lora(unet, out_dir, family: str) -> pathlib.Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format, with the adapter config).
 
-    family: "sdxl" or "sd" (selects the pipeline class whose ``save_lora_weights`` writes it).
+    family: a family name, "sdxl" or "sd" (its pipeline class's ``save_lora_weights`` writes it).
     Pass the plain module (not DDP / accelerate-wrapped). Returns the file path.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    pipelines = {"sdxl": StableDiffusionXLPipeline, "sd": StableDiffusionPipeline}
-    if family not in pipelines:
-        raise InputError(f"unknown model family {family!r}; choose 'sdxl' or 'sd'")
+    from t2i_align.families import get_family
+
+    pipeline = get_family(family).pipeline_class()
     name = _adapter_name(unet)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     out_dir = pathlib.Path(out_dir)
-    pipelines[family].save_lora_weights(
+    pipeline.save_lora_weights(
         save_directory=out_dir,
         unet_lora_layers=layers,
         unet_lora_adapter_metadata=unet.peft_config[name].to_dict(),

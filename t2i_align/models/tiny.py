@@ -25,7 +25,7 @@ from t2i_align.errors import InputError
 
 TINY_VERSION = "v1"  # bump whenever the tiny architectures or seeds change (new cache folder)
 TINY_RESOLUTION = 32  # pixel size the tiny models are built for (16x16 latents)
-TINY_KINDS = ("sdxl", "sd21", "sd15")
+TINY_KINDS = ("sdxl", "sd21", "sd15", "sd3")  # sd3: SD3.5-shaped, see tiny_sd3.py
 TINY_PREFIX = "tiny:"
 
 _SEED = 0
@@ -138,7 +138,8 @@ def _scheduler(kind: str):
 
 
 def build_tiny_pipeline(kind: str):
-    """Build a tiny random-weight pipeline: ``"sdxl"``, ``"sd21"`` (v-prediction) or ``"sd15"``.
+    """Build a tiny random-weight pipeline: ``"sdxl"``, ``"sd21"`` (v-prediction), ``"sd15"`` or
+    ``"sd3"`` (a StableDiffusion3Pipeline shaped like SD3.5, built by tiny_sd3.py).
 
     Returns a ``StableDiffusionXLPipeline`` (sdxl) or ``StableDiffusionPipeline`` (sd21 /
     sd15, no safety checker). Weights are identical on every call (each part is built right
@@ -147,6 +148,10 @@ def build_tiny_pipeline(kind: str):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     _check_kind(kind)
+    if kind == "sd3":
+        from .tiny_sd3 import build_tiny_sd3_pipeline
+
+        return build_tiny_sd3_pipeline()
     with torch.random.fork_rng(devices=[]):
         unet = _unet(kind)
         if kind == "sdxl":

@@ -115,7 +115,7 @@ def denoising_gap(model_path: str, data_folder: Path, timesteps=(100, 300, 500, 
     import torch
 
     from t2i_align.models.loading import load_parts
-    from t2i_align.models.prompt_encoding import encode_prompts, sdxl_time_ids
+    from t2i_align.families import get_family
     from t2i_align.noising.forward import diffusion_target
 
     parts = load_parts(model_path)
@@ -133,13 +133,13 @@ def denoising_gap(model_path: str, data_folder: Path, timesteps=(100, 300, 500, 
     generator = torch.Generator().manual_seed(seed)
     errors = {}
     with torch.no_grad():
-        cond = encode_prompts(captions, parts.text_encoders, parts.tokenizers, parts.family)
+        family = get_family(parts.family)
         res = chosen.shape[-1]
-        extra = {}
-        if parts.family == "sdxl":
-            sizes = [(res, res)] * len(rows)
-            extra = {"added_cond_kwargs": {"text_embeds": cond["text_embeds"],
-                                           "time_ids": sdxl_time_ids(sizes, [(0, 0)] * len(rows), (res, res))}}
+        sizes = torch.tensor([(res, res)] * len(rows))
+        cond = family.conditioning(family.encode_prompts(captions, parts.text_encoders, parts.tokenizers),
+                                   original_sizes_w=sizes, original_sizes_l=sizes,
+                                   crop_top_left=torch.zeros(len(rows), 2, dtype=torch.long), with_rejected=False,
+                                   resolution=res, time_ids="fixed", device=parts.unet.device)
         latents = {name: parts.vae.encode(images).latent_dist.mean * parts.vae.config.scaling_factor
                    for name, images in (("chosen", chosen), ("rejected", rejected))}
         noises = [torch.randn(latents["chosen"].shape, generator=generator) for _ in timesteps]
@@ -149,7 +149,7 @@ def denoising_gap(model_path: str, data_folder: Path, timesteps=(100, 300, 500, 
                 tt = torch.full((x0.shape[0],), t, dtype=torch.long)
                 noisy = parts.noise_scheduler.add_noise(x0, noise, tt)
                 target = diffusion_target(parts.noise_scheduler, x0, noise, tt, parts.prediction_type)
-                pred = parts.unet(noisy, tt, cond["encoder_hidden_states"], **extra).sample
+                pred = family.predict(parts.unet, noisy, tt, cond)
                 total += (pred - target).pow(2).mean().item()
             errors[name] = total / len(timesteps)
     return {"chosen": errors["chosen"], "rejected": errors["rejected"],

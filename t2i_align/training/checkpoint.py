@@ -78,7 +78,7 @@ class CheckpointContents:
     optimizer: object
     lr_scheduler: object
     use_lora: bool
-    family: str = "sdxl"
+    family: str  # the model family's name (its pipeline class writes LoRA files)
 
 
 def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
@@ -110,7 +110,7 @@ def find_resume_checkpoint(run_dir, resume) -> Path | None:
                             "step_<N> folder with trainer_state.json, or a run dir with checkpoints/)")
 
 
-def register_unet_state_hooks(accelerator, use_lora: bool, family: str = "sdxl"):
+def register_unet_state_hooks(accelerator, use_lora: bool, family: str):
     """Make accelerate's save_state / load_state write the UNet as a diffusers folder (full FT)
     or only the LoRA weights, instead of one opaque full state dict, as save_checkpoint does.
     Used where accelerate's save_state / load_state still run: DeepSpeed / FSDP runs, and loading

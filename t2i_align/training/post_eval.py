@@ -17,7 +17,7 @@ def evaluate_after_training(cfg: DictConfig, final: Path, run_dir: Path) -> list
     if post.get("when_model") and cfg.model.name != post.when_model:
         log.info("post_eval is for model %s, not %s: skipped", post.when_model, cfg.model.name)
         return None
-    from t2i_align.evaluate import run_evaluation
+    from t2i_align.evaluation.run import run_evaluation
 
     out = Path(run_dir) / "eval"
     eval_cfg = OmegaConf.create({

@@ -25,6 +25,7 @@ from t2i_align.data.dataset import PreferencePairs, build_dataloader, collate_pa
 from t2i_align.data.latent_cache import (CachedPairs, build_latent_cache, cache_complete, cache_key, collate_cached,
                                         data_signature, default_cache_dir)
 from t2i_align.data.tables import load_pairs
+from t2i_align.families import get_family
 from t2i_align.noising.ddim_inversion import EVALUATE_AT
 from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
@@ -37,7 +38,7 @@ from t2i_align.training.checkpoint import (CheckpointContents, find_resume_check
 from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
                                             to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
-from t2i_align.training.step import TIME_IDS, preference_step
+from t2i_align.training.step import preference_step
 from t2i_align.errors import InputError, UserError
 
 log = logging.getLogger("t2i_align.train")
@@ -224,9 +225,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     for encoder in parts.text_encoders:
         encoder.to(device, dtype=weight_dtype)
 
+    family = get_family(parts.family)
     time_ids = m_cfg.get("time_ids", "fixed")
-    if time_ids not in TIME_IDS:
-        raise InputError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
+    family.check_options(time_ids)
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion
@@ -326,7 +327,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                     loss, metrics = preference_step(
                         batch, unet=unet, reference=reference, vae=parts.vae,
                         text_encoders=parts.text_encoders, tokenizers=parts.tokenizers,
-                        family=parts.family, noise_scheduler=parts.noise_scheduler,
+                        family=family, noise_scheduler=parts.noise_scheduler,
                         prediction_type=parts.prediction_type, objective=objective,
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,

@@ -142,7 +142,7 @@ def _build(table, folder, shard_size=2, process_index=0, num_processes=1, key=No
 def test_cache_contents_bad_rows_and_resume(tmp_path):
     from t2i_align.data.dataset import PreferencePairs
     from t2i_align.models.loading import load_parts
-    from t2i_align.training.step import encode_posterior
+    from t2i_align.models.latents import encode_posterior
 
     table = _tiny_table(5, bad_row=3)
     folder = _build(table, tmp_path / "c")
@@ -231,7 +231,7 @@ def test_cache_command_builds_what_training_reads(tmp_path, monkeypatch):
 
 def test_cache_without_std_trains_on_the_posterior_mean(tmp_path):
     from t2i_align.models.loading import load_parts
-    from t2i_align.training.step import encode_posterior
+    from t2i_align.models.latents import encode_posterior
 
     table = _tiny_table(3)
     parts = load_parts("tiny:sdxl")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from t2i_align.models.prompt_encoding import encode_prompts, sdxl_time_ids
+from t2i_align.families.sdxl import sdxl_time_ids
+from t2i_align.models.prompt_encoding import encode_prompts
 
 CAPTIONS = ["a photo of a cat", "an oil painting of a lighthouse at dusk, dramatic light!", "x " * 100]
 

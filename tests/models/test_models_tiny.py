@@ -66,8 +66,8 @@ def test_resolve_passes_other_paths_through():
 
 
 def test_unknown_kind_lists_known():
-    with pytest.raises(ValueError, match="sdxl, sd21, sd15"):
-        resolve_model_path("tiny:sd3")
+    with pytest.raises(ValueError, match="sdxl, sd21, sd15, sd3"):
+        resolve_model_path("tiny:sd4")
     with pytest.raises(ValueError, match="known kinds"):
         build_tiny_pipeline("flux")
 

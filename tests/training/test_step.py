@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from t2i_align.families import get_family
 from t2i_align.models.loading import load_parts
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
@@ -37,7 +38,7 @@ def run_step(parts, per_image_captions, monkeypatch, objective="dpo"):
         return real(objective, hparams, model_err_w, model_err_l, ref_err_w, ref_err_l)
 
     monkeypatch.setattr(step_module, "compute_objective", spy)
-    monkeypatch.setattr(step_module, "encode_latents", lambda vae, pixels, generator: (
+    monkeypatch.setattr(get_family(parts.family), "encode_latents", lambda vae, pixels, generator: (
         vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor))
     loss, _ = preference_step(
         twin_batch(), unet=parts.unet, reference=reference, vae=parts.vae,

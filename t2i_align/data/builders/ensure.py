@@ -42,7 +42,7 @@ def ensure_built(preset: str, model_cfg, overrides: list[str] | tuple = (), min_
     """The folder of `preset` built with `model_cfg` (built now if missing or unfinished).
     overrides: "dataset.key=value" strings (as on the build_dataset command line). A build with
     fewer than `min_pairs` pairs (one global batch) fails and is not recorded as finished."""
-    from t2i_align.build_dataset import build
+    from t2i_align.data.builders.build import build
     from t2i_align.models.clip_tokenizer import cache_dir
 
     dataset = load_preset(preset)
@@ -57,7 +57,7 @@ def ensure_built(preset: str, model_cfg, overrides: list[str] | tuple = (), min_
     out = cache_dir() / "datasets" / f"{preset}-{model_cfg.name}-{key}"
     if (out / "build_info.json").is_file():
         # Earlier versions recorded empty builds as finished: check them the same way.
-        from t2i_align.build_dataset import check_enough_pairs
+        from t2i_align.data.builders.build import check_enough_pairs
 
         info = json.loads((out / "build_info.json").read_text())
         check_enough_pairs(out, {"rows": info.get("rows", 0), "planned": info.get("planned", 0)}, info.get("plan", {}),

@@ -1,0 +1,60 @@
+"""Model families: everything that differs between SD 1.5 / 2.1 and SDXL (and later the flow
+transformers) sits behind one interface, one module per family.
+
+get_family(name) returns the family's module. The step (training/step.py), the loop
+(training/recipe.py) and the objectives name no family: they call these module-level functions.
+
+What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the two share):
+
+- NAME, REQUIRED_SUBFOLDERS (of a diffusers pipeline folder), claims(model_index) -> bool
+  (auto-detection from model_index.json; families are tried in FAMILIES order);
+- loading: load_scheduler(source, revision) -> (scheduler, prediction_type),
+  load_text_encoders(source, revision=, variant=, dtype=, with_text_encoders=) -> (encoders,
+  tokenizers), load_denoiser(source, subfolder, **from_pretrained kwargs), check_denoiser(model,
+  where), check_options(time_ids) (the family's model options), pipeline_class() (the diffusers
+  pipeline for sampling, dataset building and LoRA files);
+- text: encode_prompts(captions, text_encoders, tokenizers) -> dict of tensors; TEXT_CACHE
+  (cache name -> encode_prompts key: what the latent cache stores); conditioning(text,
+  original_sizes_w=, original_sizes_l=, crop_top_left=, with_rejected=, resolution=, time_ids=,
+  device=) -> the denoiser's conditioning;
+- latents: encode_latents(vae, pixels, generator), posterior_latents(mean, std, generator,
+  scaling_factor, shift_factor), latent_factors(vae) -> (scaling_factor, shift_factor);
+- forward process and denoiser: forward_pairs(scheduler, latents_w, latents_l, generator,
+  prediction_type) -> (x_t, target, t); inversion_pairs(..., predict_fn, ..., num_steps=, eta=,
+  evaluate_at=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction.
+
+A new family: one module here (registered in FAMILIES), one conf/model file, a tiny model built
+in code (models/tiny.py), and its tests (tests/families/).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from t2i_align.errors import InputError
+from t2i_align.families import sd, sdxl
+
+# Detection order: the first family whose claims(model_index) is true (sd claims any pipeline).
+FAMILIES: dict[str, ModuleType] = {sdxl.NAME: sdxl, sd.NAME: sd}
+
+INTERFACE = ("NAME", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
+             "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
+             "conditioning", "encode_latents", "posterior_latents", "latent_factors", "forward_pairs",
+             "inversion_pairs", "predict")
+
+
+def get_family(name) -> ModuleType:
+    """The module of family `name` ("sd", "sdxl"); a family module passes through unchanged."""
+    if isinstance(name, ModuleType):
+        return name
+    if name not in FAMILIES:
+        raise InputError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def detect_family(model_index: dict) -> str:
+    """The name of the first family that claims a pipeline's model_index.json."""
+    return next(name for name, family in FAMILIES.items() if family.claims(model_index))
+
+
+__all__ = ["FAMILIES", "INTERFACE", "detect_family", "get_family"]

@@ -1,0 +1,69 @@
+"""The SD family: Stable Diffusion 1.5 / 2.1 (one CLIP text encoder, UNet, DDPM, epsilon or v).
+
+Conditioning: the last hidden state of the one text encoder. Latents: the VAE posterior sample
+times scaling_factor. Forward process: DDPM with a shared t and noise per pair, target epsilon or
+v (read from the scheduler config: v for SD 2.1-768). Inversion: DDIM. See families/__init__.py
+for the interface every family module provides.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from t2i_align.errors import InputError
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, check_captions, check_options, check_unet_kind,  # noqa: F401
+                                          encode_latents, execution_device, forward_pairs, inversion_pairs,
+                                          latent_factors, load_denoiser, load_scheduler, posterior_latents,
+                                          predict, tokenize)
+
+NAME = "sd"
+REQUIRED_SUBFOLDERS = BASE_SUBFOLDERS
+# Which tensors of encode_prompts the latent cache stores (cache name -> encode_prompts key).
+TEXT_CACHE = {"hidden": "encoder_hidden_states"}
+
+
+def claims(model_index: dict) -> bool:
+    """Whether a pipeline's model_index.json is this family's (the fallback: any pipeline)."""
+    return True
+
+
+def pipeline_class():
+    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
+def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
+    """([CLIPTextModel] or [] without text encoders, [CLIPTokenizer])."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)]
+    text_encoders = []
+    if with_text_encoders:
+        text_encoders.append(CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype,
+                                                           revision=revision, variant=variant))
+    return text_encoders, tokenizers
+
+
+def check_denoiser(unet, where: str) -> None:
+    check_unet_kind(unet, False, NAME, where)
+
+
+@torch.no_grad()
+def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list) -> dict:
+    """``{"encoder_hidden_states": [B, 77, D]}``, as StableDiffusionPipeline.encode_prompt without
+    classifier-free guidance and clip_skip; on the text encoder's device, in its dtype."""
+    captions = check_captions(captions)
+    if len(text_encoders) != 1 or len(tokenizers) != 1:
+        raise InputError(f"sd needs 1 text encoder and 1 tokenizer, got {len(text_encoders)} and {len(tokenizers)}")
+    encoder = text_encoders[0]
+    ids = tokenize(captions, tokenizers[0]).to(execution_device(encoder))
+    return {"encoder_hidden_states": encoder(ids).last_hidden_state}
+
+
+def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,
+                 resolution: int, time_ids: str, device) -> dict:
+    """The UNet's conditioning from `text` (encode_prompts' tensors, rows laid out as the latents:
+    chosen, then rejected). The size / crop / time_ids arguments are SDXL's and unused here."""
+    return {"encoder_hidden_states": text["encoder_hidden_states"].to(device)}

@@ -1,0 +1,105 @@
+"""What the UNet families (SD 1.5 / 2.1, SDXL) share: a UNet2DConditionModel on DDPM noising with
+epsilon or v targets, an AutoencoderKL, DDIM inversion, CLIP tokenisation.
+
+sd.py and sdxl.py name these functions in their own interface; nothing outside t2i_align/families/
+imports this module.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from t2i_align.errors import InputError
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (re-exported)
+from t2i_align.noising.ddim_inversion import inversion_noise_pairs
+from t2i_align.noising.forward import forward_noise_pairs
+
+BASE_SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+
+# SDXL's add_time_ids modes (model.time_ids); every UNet family's config carries the key.
+TIME_IDS = ("fixed", "original")
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_options(time_ids: str) -> None:
+    """Refuse a model option this family does not know (model.time_ids)."""
+    if time_ids not in TIME_IDS:
+        raise InputError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
+
+
+def load_scheduler(source: str, revision: str | None):
+    """(DDPMScheduler built from the pipeline's scheduler config, prediction_type). Euler / DDIM /
+    PNDM configs share the training noise schedule; prediction_type is read from it."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in PREDICTION_TYPES:
+        raise InputError(
+            f"{source}: scheduler prediction_type {prediction_type!r} is not supported "
+            f"(expected 'epsilon' or 'v_prediction')"
+        )
+    return noise_scheduler, prediction_type
+
+
+def load_denoiser(source: str, subfolder: str | None, **kwargs):
+    """The UNet (UNet2DConditionModel.from_pretrained; kwargs: dtype, revision, variant)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, **kwargs)
+
+
+def is_xl_unet(unet) -> bool:
+    """SDXL UNets take pooled text + time ids ("text_time"); SD UNets do not."""
+    return unet.config.get("addition_embed_type") == "text_time"
+
+
+def check_unet_kind(unet, want_xl: bool, family: str, where: str) -> None:
+    """Catch an SDXL UNet asked to train as SD (or the reverse) early, naming where it came from."""
+    is_xl = is_xl_unet(unet)
+    if is_xl != want_xl:
+        kind = "an SDXL" if is_xl else "an SD (non-XL)"
+        raise InputError(f"the UNet from {where} is {kind} UNet, but family={family!r} was requested")
+
+
+def execution_device(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def tokenize(captions: list[str], tokenizer) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def check_captions(captions) -> list[str]:
+    if isinstance(captions, str):
+        raise TypeError("encode_prompts expects a list of captions, got a single string")
+    return list(captions)
+
+
+def predict(model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
+    """The UNet's prediction (epsilon or v) for `noisy` at `timesteps` under the conditioning of
+    the family's `conditioning` (encoder_hidden_states, and SDXL's added_cond_kwargs). `model`: the
+    UNet (possibly wrapped), or a reference strategy returning a tensor."""
+    out = model(noisy, timesteps, cond["encoder_hidden_states"], added_cond_kwargs=cond.get("added_cond_kwargs"))
+    return out if torch.is_tensor(out) else out.sample
+
+
+def forward_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type: str):
+    """DDPM q(x_t | x_0) with a shared t and noise per pair; target epsilon or v
+    (noising/forward.py). Returns (noisy, target, timesteps), chosen first."""
+    return forward_noise_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type)
+
+
+def inversion_pairs(noise_scheduler, latents_w, latents_l, predict_fn, generator, prediction_type: str, *,
+                    num_steps: int, eta: float, evaluate_at: str):
+    """InPO's x_t by DDIM inversion of x_0 with `predict_fn(x, t)`, target = the implied noise (or v)
+    (noising/ddim_inversion.py). Returns (noisy, target, timesteps), chosen first."""
+    return inversion_noise_pairs(noise_scheduler, latents_w, latents_l, predict_fn, generator, prediction_type,
+                                 num_steps=num_steps, eta=eta, evaluate_at=evaluate_at)
