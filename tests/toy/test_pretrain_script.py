@@ -34,7 +34,7 @@ def test_pretrain_toy_writes_a_loadable_model_and_resumes(tmp_path, capsys):
     assert info["unet_steps"] == 4 and set(info["rates"]) == {"neon prefix", "plain prefix", "no prefix"}
     unet_file = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(t.dtype == torch.float16 for t in unet_file.values())
-    pipe = StableDiffusionXLPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(out, dtype=torch.float32)
     assert pipe.vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.std.max() < 1e-5
     table = pipe.text_encoder.get_input_embeddings().weight
     used = (table.abs().sum(-1) > 0).sum().item()

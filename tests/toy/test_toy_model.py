@@ -12,7 +12,7 @@ def test_toy_sdxl_loads_with_diffusers_and_follows_prompts():
 
     from t2i_align.models.tiny import resolve_model_path
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(resolve_model_path("toy:sdxl"), torch_dtype=torch.float32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(resolve_model_path("toy:sdxl"), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     assert sum(p.numel() for p in pipe.unet.parameters()) < 3e6
     assert pipe.vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.std.max() < 1e-5  # deterministic VAE
