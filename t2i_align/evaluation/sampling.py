@@ -218,9 +218,14 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
 
     base = resolve_model_path(base)
     kwargs = {**dtype_argument(dtype), "revision": revision, "variant": variant}
-    if unet is not None:
-        src, sub = _override_location(str(unet), "unet", "UNet")
-        kwargs["unet"] = _load_denoiser(family, src, sub, **dtype_argument(dtype))
+    if unet is not None:  # the trained denoiser (a UNet, or a transformer for the flow families)
+        name = "unet"
+        if family is not None:
+            from t2i_align.families import get_family
+
+            name = get_family(family).DENOISER_SUBFOLDER
+        src, sub = _override_location(str(unet), name, "UNet" if name == "unet" else "transformer")
+        kwargs[name] = _load_denoiser(family, src, sub, **dtype_argument(dtype))
     if vae is not None:
         src, sub = _override_location(str(vae), "vae", "VAE")
         kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))

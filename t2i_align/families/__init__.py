@@ -32,12 +32,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from t2i_align.errors import InputError
-from t2i_align.families import sd, sdxl
+from t2i_align.families import sd, sd3, sdxl
 
-# Detection order: the first family whose claims(model_index) is true (sd claims any pipeline).
-FAMILIES: dict[str, ModuleType] = {sdxl.NAME: sdxl, sd.NAME: sd}
+# Detection order: the first family whose claims(model_index) is true (sd3 before sdxl: both have a
+# second text encoder; sd claims any pipeline).
+FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, sdxl.NAME: sdxl, sd.NAME: sd}
 
-INTERFACE = ("NAME", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
+INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
              "conditioning", "encode_latents", "posterior_latents", "latent_factors", "forward_pairs",
              "inversion_pairs", "predict")

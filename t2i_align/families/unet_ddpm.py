@@ -15,6 +15,8 @@ from t2i_align.noising.ddim_inversion import inversion_noise_pairs
 from t2i_align.noising.forward import forward_noise_pairs
 
 BASE_SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+DENOISER_SUBFOLDER = "unet"  # where the pipeline folder keeps the denoiser
+LORA_PREFIX = "unet"  # the denoiser's name in diffusers LoRA files (save_lora_weights(unet_lora_layers=...))
 
 # SDXL's add_time_ids modes (model.time_ids); every UNet family's config carries the key.
 TIME_IDS = ("fixed", "original")

@@ -34,8 +34,16 @@ def set_attention_backend(unet, backend: str) -> None:
     backend: "sdpa" | "eager" | "xformers". Raises ValueError for an unknown backend, or
     for "xformers" when it is not installed or no CUDA GPU is present.
     """
+    from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+    if not isinstance(unet, UNet2DConditionModel) and backend in ("sdpa", "eager"):
+        # transformers (SD3, FLUX) ship their own joint-attention processors, already on SDPA;
+        # the UNet processors set below would break them
+        if backend == "eager":
+            raise InputError(f"attention backend 'eager' is for UNets; {type(unet).__name__} keeps its SDPA "
+                             "joint-attention processors (use model.attention=sdpa)")
+        return
     if backend == "sdpa":
         unet.set_attn_processor(AttnProcessor2_0())
     elif backend == "eager":

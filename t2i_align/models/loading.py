@@ -191,7 +191,7 @@ def load_parts(
         unet_src, unet_sub = _override_location(unet_path, "unet", "UNet")
         unet = fam.load_denoiser(unet_src, unet_sub, **dtype_argument(torch.float32))
     else:
-        unet = fam.load_denoiser(source, "unet", **dtype_argument(torch.float32), **weights)
+        unet = fam.load_denoiser(source, fam.DENOISER_SUBFOLDER, **dtype_argument(torch.float32), **weights)
     _check_unet_family(unet, family, unet_path or source)
     unet.requires_grad_(True)
     unet.train()

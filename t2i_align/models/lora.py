@@ -80,14 +80,15 @@ def save_lora(unet, out_dir, family: str) -> pathlib.Path:
 
     from t2i_align.families import get_family
 
-    pipeline = get_family(family).pipeline_class()
+    fam = get_family(family)
+    pipeline = fam.pipeline_class()
     name = _adapter_name(unet)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
     out_dir = pathlib.Path(out_dir)
     pipeline.save_lora_weights(
         save_directory=out_dir,
-        unet_lora_layers=layers,
-        unet_lora_adapter_metadata=unet.peft_config[name].to_dict(),
+        **{f"{fam.LORA_PREFIX}_lora_layers": layers,
+           f"{fam.LORA_PREFIX}_lora_adapter_metadata": unet.peft_config[name].to_dict()},
         weight_name=LORA_WEIGHT_NAME,
         safe_serialization=True,
     )

@@ -33,10 +33,18 @@ def has_adapters(unet) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in unet.modules())
 
 
-def _cast_cond(added_cond_kwargs, dtype):
-    if added_cond_kwargs is None or dtype is None:
-        return added_cond_kwargs
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in added_cond_kwargs.items()}
+def _cast(value, dtype):
+    """`value` (a tensor, or tuples / lists / dicts of them) with floating tensors cast to `dtype`
+    (None: unchanged); integer tensors (DDPM timesteps) stay as they are."""
+    if dtype is None:
+        return value
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
 
 
 class CopyReference:
@@ -60,17 +68,10 @@ class CopyReference:
             self.unet.to(device)
 
     @torch.no_grad()
-    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> torch.Tensor:
-        if self.dtype is not None:
-            sample = sample.to(self.dtype)
-            encoder_hidden_states = encoder_hidden_states.to(self.dtype)
-        out = self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs=_cast_cond(added_cond_kwargs, self.dtype),
-            return_dict=False,
-        )[0]
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        """The frozen copy's prediction for the denoiser's own call (a family's predict), with
+        floating tensors cast to the copy's dtype; returned in float32."""
+        out = self.unet(*_cast(args, self.dtype), return_dict=False, **_cast(kwargs, self.dtype))[0]
         return out.float()
 
 
@@ -81,16 +82,10 @@ class AdaptersOffReference:
         self.unet = unet
 
     @torch.no_grad()
-    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> torch.Tensor:
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
         self.unet.disable_adapters()
         try:
-            out = self.unet(
-                sample,
-                timestep,
-                encoder_hidden_states=encoder_hidden_states,
-                added_cond_kwargs=added_cond_kwargs,
-                return_dict=False,
-            )[0]
+            out = self.unet(*args, return_dict=False, **kwargs)[0]
         finally:
             self.unet.enable_adapters()
         return out.float()
