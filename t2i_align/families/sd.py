@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
-from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, DENOISER_SUBFOLDER, LORA_PREFIX, check_captions, check_options, check_unet_kind,  # noqa: F401
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, check_captions, check_options, check_unet_kind,  # noqa: F401
                                           encode_latents, execution_device, forward_pairs, inversion_pairs,
                                           latent_factors, load_denoiser, load_scheduler, posterior_latents,
                                           predict, tokenize)
@@ -36,14 +36,8 @@ def pipeline_class():
 
 def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
     """([CLIPTextModel] or [] without text encoders, [CLIPTokenizer])."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)]
-    text_encoders = []
-    if with_text_encoders:
-        text_encoders.append(CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype,
-                                                           revision=revision, variant=variant))
-    return text_encoders, tokenizers
+    return load_clip_text_encoders(source, ["CLIPTextModel"], revision=revision, variant=variant, dtype=dtype,
+                                   with_text_encoders=with_text_encoders)
 
 
 def check_denoiser(unet, where: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
-from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, DENOISER_SUBFOLDER, LORA_PREFIX, TIME_IDS, check_captions, check_options,  # noqa: F401
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, TIME_IDS, check_captions, check_options,  # noqa: F401
                                           check_unet_kind, encode_latents, execution_device, forward_pairs,
                                           inversion_pairs, latent_factors, load_denoiser, load_scheduler,
                                           posterior_latents, predict, tokenize)
@@ -40,18 +40,8 @@ def pipeline_class():
 
 def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
     """([CLIPTextModel, CLIPTextModelWithProjection] or [] without text encoders, [2 CLIPTokenizer])."""
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)]
-    text_encoders = []
-    if with_text_encoders:
-        text_encoders.append(CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype,
-                                                           revision=revision, variant=variant))
-    tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=revision))
-    if with_text_encoders:
-        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
-            source, subfolder="text_encoder_2", dtype=dtype, revision=revision, variant=variant))
-    return text_encoders, tokenizers
+    return load_clip_text_encoders(source, ["CLIPTextModel", "CLIPTextModelWithProjection"], revision=revision,
+                                   variant=variant, dtype=dtype, with_text_encoders=with_text_encoders)
 
 
 def check_denoiser(unet, where: str) -> None:

@@ -45,6 +45,24 @@ def load_scheduler(source: str, revision: str | None):
     return noise_scheduler, prediction_type
 
 
+def load_clip_text_encoders(source: str, encoder_classes: list[str], *, revision, variant, dtype,
+                            with_text_encoders: bool) -> tuple[list, list]:
+    """(text encoders or [] without them, CLIP tokenizers) from the pipeline's text_encoder,
+    text_encoder_2, ... subfolders; encoder_classes names the transformers class of each
+    (CLIPTextModel / CLIPTextModelWithProjection)."""
+    import transformers
+
+    text_encoders, tokenizers = [], []
+    for i, class_name in enumerate(encoder_classes):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        tokenizers.append(transformers.CLIPTokenizer.from_pretrained(source, subfolder=f"tokenizer{suffix}",
+                                                                     revision=revision))
+        if with_text_encoders:
+            text_encoders.append(getattr(transformers, class_name).from_pretrained(
+                source, subfolder=f"text_encoder{suffix}", dtype=dtype, revision=revision, variant=variant))
+    return text_encoders, tokenizers
+
+
 def load_denoiser(source: str, subfolder: str | None, **kwargs):
     """The UNet (UNet2DConditionModel.from_pretrained; kwargs: dtype, revision, variant)."""
     from diffusers import UNet2DConditionModel
