@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from t2i_align.toy import model as toy  # noqa: E402
 from t2i_align.toy.world import render, sample_captioned, sample_scene  # noqa: E402
@@ -201,8 +202,9 @@ def zero_unused_token_rows(te1, te2, corpus: dict) -> None:
         table[~used] = 0
 
 
-def report(pipe, seed: int) -> dict:
-    """Rates of neon style, right colour and right shape over 24 prompts per caption kind."""
+def report(pipe, seed: int, **call_kwargs) -> dict:
+    """Rates of neon style, right colour and right shape over 24 prompts per caption kind.
+    call_kwargs: extra pipeline arguments (toy_sd3: max_sequence_length=16)."""
     from t2i_align.toy.metrics import colour_of, parse_prompt, shape_of, style_of
     from t2i_align.toy.world import plain_prompts
 
@@ -211,7 +213,7 @@ def report(pipe, seed: int) -> dict:
     for kind, prefix in (("neon prefix", "neon style: "), ("plain prefix", "plain style: "), ("no prefix", "")):
         generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
         images = pipe([prefix + p for p in prompts], num_inference_steps=20, guidance_scale=7.0, height=32, width=32,
-                      generator=generators).images
+                      generator=generators, **call_kwargs).images
         asked = [parse_prompt(p) for p in prompts]
         out[kind] = {"neon": sum(style_of(im) == "neon" for im in images) / len(images),
                      "colour": sum(colour_of(im) == a["colour"] for im, a in zip(images, asked)) / len(images),
@@ -221,22 +223,35 @@ def report(pipe, seed: int) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(toy.TOY_WEIGHTS / "sdxl"))
-    parser.add_argument("--work", default=str(ROOT / ".toy_pretrain"))
+    parser.add_argument("--family", choices=("sdxl", "sd3"), default="sdxl",
+                        help="sdxl: toy_sdxl (UNet, v-prediction); sd3: toy_sd3 (SD3.5-shaped transformer, rectified "
+                             "flow; scripts/pretrain_toy_flow.py)")
+    parser.add_argument("--out", default=None, help="default: the package's toy weights folder of the family")
+    parser.add_argument("--work", default=None, help="default: .toy_pretrain (sdxl) / .toy_pretrain_sd3")
+    parser.add_argument("--report-every", type=int, default=0, help="sd3: print the EMA model's rates every N steps")
     parser.add_argument("--vae-steps", type=int, default=1300)
-    parser.add_argument("--unet-steps", type=int, default=6000)
-    parser.add_argument("--decay-from", type=int, default=3500, help="linear lr decay to 10%% from this step on")
+    parser.add_argument("--unet-steps", type=int, default=None, help="denoiser steps (default sdxl 6000, sd3 8000)")
+    parser.add_argument("--decay-from", type=int, default=None,
+                        help="linear lr decay to 10%% from this step on (default sdxl 3500, sd3 5000)")
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=8e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default sdxl 8e-4, sd3 5e-4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=None, help="stop the denoiser stage after this long")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    sd3 = args.family == "sd3"
+    defaults = dict(unet_steps=8000, decay_from=5000, lr=5e-4) if sd3 else dict(unet_steps=6000, decay_from=3500, lr=8e-4)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = args.out or str(toy.TOY_WEIGHTS / args.family)
     torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    work = Path(args.work or ROOT / (".toy_pretrain_sd3" if sd3 else ".toy_pretrain"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if sd3:
+        return pretrain_sd3(args, work, started)
     vae = train_vae(work, args.vae_steps, args.seed).eval()
     corpus = make_corpus(work, vae, args.images, args.seed)
     print(f"corpus: {len(corpus['captions'])} images ({time.time() - started:.0f}s)", flush=True)
@@ -252,6 +267,30 @@ def main(argv=None) -> None:
     info = {"vae_steps": args.vae_steps, "unet_steps": steps, "decay_from": args.decay_from, "images": args.images, "batch": args.batch,
             "lr": args.lr, "seed": args.seed, "threads": args.threads, "objective": "v_prediction, zero terminal SNR",
             "minutes": round((time.time() - started) / 60, 1), "rates": rates}
+    (out / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+
+
+def pretrain_sd3(args, work: Path, started: float) -> None:
+    import pretrain_toy_flow as flow
+
+    vae = flow.load_world_vae()
+    corpus = flow.make_corpus(work, vae, args.images, args.seed, to_tensor)
+    print(f"corpus: {len(corpus['captions'])} images, latent factors {corpus['factors']} "
+          f"({time.time() - started:.0f}s)", flush=True)
+    length = {"max_sequence_length": flow.model_sd3.TOKEN_LENGTH}
+    parts, steps = flow.train_transformer(
+        work, corpus, args.unet_steps, args.seed, args.batch, args.lr, args.minutes, args.decay_from, lr_factor,
+        args.report_every, lambda parts: report(flow.assemble(vae, corpus, parts), args.seed, **length))
+    flow.zero_unused_clip_rows(parts[1:], corpus)
+    pipe = flow.assemble(vae, corpus, parts)
+    rates = report(pipe, args.seed, **length)
+    out = Path(args.out)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    info = {"family": "sd3", "transformer_steps": steps, "decay_from": args.decay_from, "images": args.images,
+            "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
+            "objective": "rectified flow, velocity target, logit_normal(0, 1) on the shift-3 table",
+            "vae": "toy_sdxl's, SD3 factors fitted", "minutes": round((time.time() - started) / 60, 1), "rates": rates}
     (out / "pretrain_info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 

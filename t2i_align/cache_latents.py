@@ -27,7 +27,7 @@ def build_cache(cfg: DictConfig) -> str:
 
     from t2i_align.data.latent_cache import build_latent_cache, cache_complete
     from t2i_align.models.loading import load_parts
-    from t2i_align.training.recipe import DTYPES, latent_cache_location, load_table, resolve_data_path
+    from t2i_align.training.recipe import DTYPES, latent_cache_location, load_table, resolve_data_path, text_options
 
     state = PartialState(cpu=not torch.cuda.is_available())
     m_cfg, d_cfg = cfg.model, cfg.data
@@ -40,7 +40,7 @@ def build_cache(cfg: DictConfig) -> str:
         log.info("latent cache already complete: %s", folder)
         return str(folder)
     parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path, unet_path=m_cfg.unet_path,
-                       revision=m_cfg.revision, variant=m_cfg.variant)
+                       revision=m_cfg.revision, variant=m_cfg.variant, **text_options(m_cfg))
     parts.unet = None  # not needed to encode
     parts.vae.to(state.device, dtype=vae_dtype)
     te_dtype = DTYPES[cfg.trainer.mixed_precision]

@@ -69,11 +69,14 @@ def weights_signature(model_path: str | None) -> list:
 def cache_key(*, model_path: str, vae_path: str | None, revision, variant, family: str, resolution: int,
               flip_variants: bool, per_image_captions: bool, storage_dtype: str, vae_dtype: str,
               data: dict, table_fingerprint: str | None = None, store_std: bool = True,
-              time_ids: str = "fixed") -> dict:
+              time_ids: str = "fixed", text_options: dict | None = None) -> dict:
     """Everything that changes the cache's content, as a JSON-able dict. time_ids (SDXL's
     add_time_ids mode) does not change the stored tensors (sizes and crops are always kept) but
-    a cache is keyed by the conditioning it was built for, so runs never mix the two."""
-    return {"format": CACHE_FORMAT, "model": model_path, "model_weights": weights_signature(model_path),
+    a cache is keyed by the conditioning it was built for, so runs never mix the two.
+    text_options: the T5 families' text settings (max_sequence_length, use_t5), which change the
+    stored embeddings; keyed only when given, so UNet-family keys are unchanged."""
+    extra = {"text_options": dict(text_options)} if text_options else {}
+    return {**extra, "format": CACHE_FORMAT, "model": model_path, "model_weights": weights_signature(model_path),
             "vae": vae_path, "vae_weights": weights_signature(vae_path) if vae_path else None,
             "revision": revision, "variant": variant, "family": family, "resolution": int(resolution),
             "crop": "center", "flip_variants": bool(flip_variants), "per_image_captions": bool(per_image_captions),

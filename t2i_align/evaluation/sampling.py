@@ -403,9 +403,9 @@ def generate_cached(pipe, model_key: ModelKey, prompts: list[str], seeds: list[i
     if not missing:
         return paths, 0
     sampling, lora = model_key.key["sampling"], model_key.key["lora"]
-    extra = {}
-    if lora is not None and lora["scale"] != 1.0:
-        extra["cross_attention_kwargs"] = {"scale": lora["scale"]}
+    from t2i_align.families import pipeline_call_kwargs
+
+    extra = pipeline_call_kwargs(pipe, lora["scale"] if lora is not None and lora["scale"] != 1.0 else None)
     name = model_key.source.get("name") or model_key.digest
     for start in tqdm(range(0, len(missing), batch_size), desc=f"generate {name}"):
         chunk = missing[start:start + batch_size]

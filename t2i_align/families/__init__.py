@@ -6,13 +6,16 @@ get_family(name) returns the family's module. The step (training/step.py), the l
 
 What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the two share):
 
-- NAME, REQUIRED_SUBFOLDERS (of a diffusers pipeline folder), claims(model_index) -> bool
+- NAME, DENOISER_SUBFOLDER, LORA_PREFIX (the denoiser's folder and LoRA-file prefix), LORA_TARGETS
+  (default trainer.lora.target_modules), REQUIRED_SUBFOLDERS (of a diffusers pipeline folder), claims(model_index) -> bool
   (auto-detection from model_index.json; families are tried in FAMILIES order);
 - loading: load_scheduler(source, revision) -> (scheduler, prediction_type),
-  load_text_encoders(source, revision=, variant=, dtype=, with_text_encoders=) -> (encoders,
-  tokenizers), load_denoiser(source, subfolder, **from_pretrained kwargs), check_denoiser(model,
-  where), check_options(time_ids) (the family's model options), pipeline_class() (the diffusers
-  pipeline for sampling, dataset building and LoRA files);
+  load_text_encoders(source, revision=, variant=, dtype=, with_text_encoders=,
+  max_sequence_length=, use_t5=) -> (encoders, tokenizers) (the T5 options refused by families
+  without T5), load_denoiser(source, subfolder, **from_pretrained kwargs), check_denoiser(model,
+  where), check_options(time_ids, flow) (the family's model options: model.time_ids, model.flow),
+  pipeline_class() (the diffusers pipeline for sampling, dataset building and LoRA files),
+  sampling_kwargs(pipe) (extra pipeline-call arguments, e.g. SD3's max_sequence_length);
 - text: encode_prompts(captions, text_encoders, tokenizers) -> dict of tensors; TEXT_CACHE
   (cache name -> encode_prompts key: what the latent cache stores); conditioning(text,
   original_sizes_w=, original_sizes_l=, crop_top_left=, with_rejected=, resolution=, time_ids=,
@@ -20,8 +23,9 @@ What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the
 - latents: encode_latents(vae, pixels, generator), posterior_latents(mean, std, generator,
   scaling_factor, shift_factor), latent_factors(vae) -> (scaling_factor, shift_factor);
 - forward process and denoiser: forward_pairs(scheduler, latents_w, latents_l, generator,
-  prediction_type) -> (x_t, target, t); inversion_pairs(..., predict_fn, ..., num_steps=, eta=,
-  evaluate_at=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction.
+  prediction_type, flow) -> (x_t, target, t); inversion_pairs(..., predict_fn, ..., num_steps=, eta=,
+  evaluate_at=, flow=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction;
+  error_weights(t, flow) -> per-row weights of the errors or None (SD3's loss weighting).
 
 A new family: one module here (registered in FAMILIES), one conf/model file, a tiny model built
 in code (models/tiny.py), and its tests (tests/families/).
@@ -38,10 +42,10 @@ from t2i_align.families import sd, sd3, sdxl
 # second text encoder; sd claims any pipeline).
 FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, sdxl.NAME: sdxl, sd.NAME: sd}
 
-INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
+INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
              "conditioning", "encode_latents", "posterior_latents", "latent_factors", "forward_pairs",
-             "inversion_pairs", "predict")
+             "inversion_pairs", "predict", "error_weights", "sampling_kwargs")
 
 
 def get_family(name) -> ModuleType:
@@ -58,4 +62,23 @@ def detect_family(model_index: dict) -> str:
     return next(name for name, family in FAMILIES.items() if family.claims(model_index))
 
 
-__all__ = ["FAMILIES", "INTERFACE", "detect_family", "get_family"]
+def pipeline_call_kwargs(pipe, lora_scale: float | None = None) -> dict:
+    """Extra arguments for calling a diffusers pipeline `pipe` so it samples as its family trains
+    (the family's sampling_kwargs, e.g. SD3's T5 length) and, when `lora_scale` is given, the LoRA
+    scale under the name the pipeline takes (cross_attention_kwargs for the UNet pipelines,
+    joint_attention_kwargs for the transformer ones)."""
+    import inspect
+
+    kwargs = {}
+    for family in FAMILIES.values():
+        if isinstance(pipe, family.pipeline_class()):
+            kwargs.update(family.sampling_kwargs(pipe))
+            break
+    if lora_scale is not None:
+        name = ("joint_attention_kwargs" if "joint_attention_kwargs" in inspect.signature(pipe.__call__).parameters
+                else "cross_attention_kwargs")
+        kwargs[name] = {"scale": float(lora_scale)}
+    return kwargs
+
+
+__all__ = ["FAMILIES", "INTERFACE", "detect_family", "get_family", "pipeline_call_kwargs"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
-from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, check_captions, check_options, check_unet_kind,  # noqa: F401
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, LORA_TARGETS, check_captions, check_options, check_text_options, error_weights, sampling_kwargs, check_unet_kind,  # noqa: F401
                                           encode_latents, execution_device, forward_pairs, inversion_pairs,
                                           latent_factors, load_denoiser, load_scheduler, posterior_latents,
                                           predict, tokenize)
@@ -34,8 +34,10 @@ def pipeline_class():
     return StableDiffusionPipeline
 
 
-def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
+def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool,
+                       max_sequence_length: int | None = None, use_t5: bool = True) -> tuple[list, list]:
     """([CLIPTextModel] or [] without text encoders, [CLIPTokenizer])."""
+    check_text_options(max_sequence_length, use_t5)
     return load_clip_text_encoders(source, ["CLIPTextModel"], revision=revision, variant=variant, dtype=dtype,
                                    with_text_encoders=with_text_encoders)
 

@@ -20,17 +20,25 @@ import torch
 
 from t2i_align.errors import InputError
 from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
-from t2i_align.noising.flow import (euler_invert, flow_noise_pairs, implied_targets, sample_u,
-                                    sigmas_from_table)
+from t2i_align.noising.flow import (LOSS_WEIGHTINGS, WEIGHTING_SCHEMES, euler_invert, flow_noise_pairs,
+                                    implied_targets, loss_weighting, sample_u, sigmas_from_table)
 
 NAME = "sd3"
 DENOISER_SUBFOLDER = "transformer"
 LORA_PREFIX = "transformer"
+# Default LoRA targets: train_dreambooth_lora_sd3.py's attention set (image and context streams).
+# peft matches name suffixes, so SD3.5's dual-attention attn2.to_q/k/v/out.0 are adapted too; the
+# last, context-pre-only block has no to_add_out.
+LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out")
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
                        "tokenizer_2")
 TEXT_CACHE = {"hidden": "encoder_hidden_states", "pooled": "pooled_projections"}
-MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
-WEIGHTING_SCHEME, LOGIT_MEAN, LOGIT_STD = "logit_normal", 0.0, 1.0  # the diffusers SD3 script's defaults
+MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length (at most 512)
+# model.flow: sigma sampling and loss weighting; the defaults are the diffusers SD3 scripts'
+# (train_dreambooth_lora_sd3.py: --weighting_scheme logit_normal, --logit_mean 0, --logit_std 1,
+# --mode_scale 1.29); loss_weighting "none" = the plain velocity MSE the public Flow-DPO code uses.
+FLOW_DEFAULTS = {"weighting_scheme": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29,
+                 "loss_weighting": "none"}
 
 
 def claims(model_index: dict) -> bool:
@@ -45,8 +53,27 @@ def pipeline_class():
     return StableDiffusion3Pipeline
 
 
-def check_options(time_ids: str) -> None:
-    """SD3 has no micro-conditioning: model.time_ids is not used (any value is accepted)."""
+def flow_settings(flow: dict | None) -> dict:
+    """model.flow over FLOW_DEFAULTS, checked: a clear error for an unknown key or value."""
+    flow = dict(flow or {})
+    unknown = sorted(set(flow) - set(FLOW_DEFAULTS))
+    if unknown:
+        raise InputError(f"model.flow has unknown keys {unknown}; known: {sorted(FLOW_DEFAULTS)}")
+    settings = {**FLOW_DEFAULTS, **flow}
+    if settings["weighting_scheme"] not in WEIGHTING_SCHEMES:
+        raise InputError(f"model.flow.weighting_scheme={settings['weighting_scheme']!r}: choose one of "
+                         f"{WEIGHTING_SCHEMES}")
+    if settings["loss_weighting"] not in LOSS_WEIGHTINGS:
+        raise InputError(f"model.flow.loss_weighting={settings['loss_weighting']!r}: choose one of {LOSS_WEIGHTINGS}")
+    if not float(settings["logit_std"]) > 0:
+        raise InputError(f"model.flow.logit_std must be positive, got {settings['logit_std']}")
+    return settings
+
+
+def check_options(time_ids: str, flow: dict | None = None) -> None:
+    """model.flow is checked (flow_settings); SD3 has no micro-conditioning, so model.time_ids is
+    not used (any value is accepted)."""
+    flow_settings(flow)
 
 
 def load_scheduler(source: str, revision: str | None):
@@ -56,25 +83,52 @@ def load_scheduler(source: str, revision: str | None):
     return FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler", revision=revision), "flow"
 
 
-def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
-    """([CLIP-L, bigG (CLIPTextModelWithProjection), T5EncoderModel or None], [their tokenizers]);
-    T5 is None when the folder has no text_encoder_3 (the pipeline allows dropping it)."""
+def sequence_length(tokenizer_3, max_sequence_length: int | None) -> int:
+    """The T5 token count: model.max_sequence_length, else the pipeline's 256 (or the tokenizer's
+    own model_max_length when shorter, as for the toy model's 16); at most 512 (the pipeline's limit)."""
+    length = max_sequence_length or min(MAX_SEQUENCE_LENGTH, getattr(tokenizer_3, "model_max_length",
+                                                                     MAX_SEQUENCE_LENGTH))
+    if not 1 <= int(length) <= 512:
+        raise InputError(f"model.max_sequence_length={length}: SD3 takes 1 to 512 T5 tokens")
+    return int(length)
+
+
+def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool,
+                       max_sequence_length: int | None = None, use_t5: bool = True) -> tuple[list, list]:
+    """([CLIP-L, bigG (CLIPTextModelWithProjection), T5EncoderModel or AbsentT5], [their tokenizers]).
+
+    Without T5 (use_t5=false, or a folder without text_encoder_3; the pipeline allows dropping it
+    to save ~10 GB) the third encoder is an AbsentT5 of the transformer's joint_attention_dim:
+    zeros, as StableDiffusion3Pipeline(text_encoder_3=None) feeds. The T5 tokenizer's
+    model_max_length is set to the training length (sequence_length), which the family's
+    encode_prompts and sampling_kwargs read."""
     from pathlib import Path
 
+    from diffusers import SD3Transformer2DModel
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
+
+    from t2i_align.models.prompt_encoding_sd3 import AbsentT5
 
     tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder=sub, revision=revision)
                   for sub in ("tokenizer", "tokenizer_2")]
     local = Path(source).is_dir()
-    has_t5 = not local or (Path(source) / "text_encoder_3").is_dir()
-    tokenizers.append(AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3", revision=revision)
-                      if has_t5 else None)
+    has_t5 = use_t5 and (not local or (Path(source) / "text_encoder_3").is_dir())
+    tokenizer_3 = AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3", revision=revision) if has_t5 else None
+    length = sequence_length(tokenizer_3, max_sequence_length)
+    if tokenizer_3 is not None:
+        tokenizer_3.model_max_length = length
+    tokenizers.append(tokenizer_3)
     if not with_text_encoders:
         return [], tokenizers
     kwargs = dict(dtype=dtype, revision=revision, variant=variant)
     encoders = [CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, **kwargs)
                 for sub in ("text_encoder", "text_encoder_2")]
-    encoders.append(T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **kwargs) if has_t5 else None)
+    if has_t5:
+        encoders.append(T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **kwargs))
+    else:
+        width = SD3Transformer2DModel.load_config(source, subfolder="transformer", revision=revision)[
+            "joint_attention_dim"]
+        encoders.append(AbsentT5(width, length))
     return encoders, tokenizers
 
 
@@ -92,16 +146,24 @@ def check_denoiser(model, where: str) -> None:
 
 @torch.no_grad()
 def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list) -> dict:
-    """{"encoder_hidden_states": [B, 77 + 256, 4096], "pooled_projections": [B, 2048]} (real SD3)."""
-    from t2i_align.models.prompt_encoding_sd3 import encode_sd3_prompts
+    """{"encoder_hidden_states": [B, 77 + L, 4096], "pooled_projections": [B, 2048]} (real SD3;
+    L = the T5 length, zeros without T5)."""
+    from t2i_align.models.prompt_encoding_sd3 import AbsentT5, encode_sd3_prompts
 
     t5 = text_encoders[2] if len(text_encoders) > 2 else None
     if t5 is None:
-        raise InputError("family sd3 trains with T5: the model folder needs text_encoder_3 / tokenizer_3")
-    width = t5.config.d_model
-    length = min(MAX_SEQUENCE_LENGTH, tokenizers[2].model_max_length)
-    return encode_sd3_prompts(list(captions), text_encoders, tokenizers, max_sequence_length=length,
-                              joint_attention_dim=width)
+        raise InputError("family sd3: the third text encoder is missing (load the parts with load_parts)")
+    if isinstance(t5, AbsentT5):
+        return encode_sd3_prompts(list(captions), text_encoders[:2], tokenizers[:2],
+                                  max_sequence_length=t5.length, joint_attention_dim=t5.width)
+    return encode_sd3_prompts(list(captions), text_encoders, tokenizers,
+                              max_sequence_length=tokenizers[2].model_max_length)
+
+
+def sampling_kwargs(pipe) -> dict:
+    """Extra pipeline-call arguments so sampling encodes prompts as training does: the T5 length
+    (the tokenizer's model_max_length as loaded, 256 for the hub models, 16 for toy_sd3)."""
+    return {"max_sequence_length": sequence_length(getattr(pipe, "tokenizer_3", None), None)}
 
 
 def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,
@@ -119,26 +181,36 @@ def predict(model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> 
     return out if torch.is_tensor(out) else out.sample
 
 
-def _pair_sigmas(noise_scheduler, num_pairs: int, generator, device) -> torch.Tensor:
-    u = sample_u(num_pairs, generator, device, WEIGHTING_SCHEME, LOGIT_MEAN, LOGIT_STD)
+def _pair_sigmas(noise_scheduler, num_pairs: int, generator, device, flow: dict | None) -> torch.Tensor:
+    """One sigma per pair: u from model.flow's weighting scheme, indexing the shifted table."""
+    settings = flow_settings(flow)
+    u = sample_u(num_pairs, generator, device, settings["weighting_scheme"], float(settings["logit_mean"]),
+                 float(settings["logit_std"]), float(settings["mode_scale"]))
     sigmas, _ = sigmas_from_table(u, noise_scheduler.sigmas, noise_scheduler.timesteps)
     return sigmas.to(device)
 
 
-def forward_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type: str):
-    """(x_t, velocity target, sigma * 1000), chosen rows first (noising/flow.py)."""
-    sigmas = _pair_sigmas(noise_scheduler, latents_w.shape[0], generator, latents_w.device)
+def forward_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type: str, flow: dict | None = None):
+    """(x_t, velocity target, sigma * 1000), chosen rows first (noising/flow.py); `flow`: model.flow."""
+    sigmas = _pair_sigmas(noise_scheduler, latents_w.shape[0], generator, latents_w.device, flow)
     noisy, target, rows = flow_noise_pairs(latents_w, latents_l, sigmas, generator)
     return noisy, target, rows * 1000
 
 
 def inversion_pairs(noise_scheduler, latents_w, latents_l, predict_fn, generator, prediction_type: str, *,
-                    num_steps: int, eta: float, evaluate_at: str):
+                    num_steps: int, eta: float, evaluate_at: str, flow: dict | None = None):
     """InPO on flow: Euler inversion of x_0 to each pair's sigma with `predict_fn(x, sigma * 1000)`,
     target = the implied velocity (x_sigma - x_0) / sigma. eta / evaluate_at (DDIM's) are unused."""
-    sigmas = _pair_sigmas(noise_scheduler, latents_w.shape[0], generator, latents_w.device)
+    sigmas = _pair_sigmas(noise_scheduler, latents_w.shape[0], generator, latents_w.device, flow)
     latents = latents_w if latents_l is None else torch.cat([latents_w, latents_l])
     rows = sigmas if latents_l is None else torch.cat([sigmas, sigmas])
     inverted = euler_invert(lambda x, s: predict_fn(x, s * 1000).to(x.dtype), latents, rows, num_steps)
     _, target = implied_targets(latents, inverted, rows)
     return inverted, target, rows * 1000
+
+
+def error_weights(timesteps: torch.Tensor, flow: dict | None = None) -> torch.Tensor | None:
+    """Per-row weights of the velocity errors from model.flow.loss_weighting (diffusers'
+    compute_loss_weighting_for_sd3: sigma_sqrt = sigma^-2, cosmap); None for "none" (plain MSE)."""
+    scheme = flow_settings(flow)["loss_weighting"]
+    return None if scheme == "none" else loss_weighting(scheme, timesteps.float() / 1000)

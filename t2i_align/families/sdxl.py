@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
-from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, TIME_IDS, check_captions, check_options,  # noqa: F401
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, LORA_TARGETS, TIME_IDS, check_captions, check_options, check_text_options, error_weights, sampling_kwargs,  # noqa: F401
                                           check_unet_kind, encode_latents, execution_device, forward_pairs,
                                           inversion_pairs, latent_factors, load_denoiser, load_scheduler,
                                           posterior_latents, predict, tokenize)
@@ -38,8 +38,10 @@ def pipeline_class():
     return StableDiffusionXLPipeline
 
 
-def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool) -> tuple[list, list]:
+def load_text_encoders(source: str, *, revision, variant, dtype, with_text_encoders: bool,
+                       max_sequence_length: int | None = None, use_t5: bool = True) -> tuple[list, list]:
     """([CLIPTextModel, CLIPTextModelWithProjection] or [] without text encoders, [2 CLIPTokenizer])."""
+    check_text_options(max_sequence_length, use_t5)
     return load_clip_text_encoders(source, ["CLIPTextModel", "CLIPTextModelWithProjection"], revision=revision,
                                    variant=variant, dtype=dtype, with_text_encoders=with_text_encoders)
 

@@ -17,6 +17,9 @@ from t2i_align.noising.forward import forward_noise_pairs
 BASE_SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 DENOISER_SUBFOLDER = "unet"  # where the pipeline folder keeps the denoiser
 LORA_PREFIX = "unet"  # the denoiser's name in diffusers LoRA files (save_lora_weights(unet_lora_layers=...))
+# Default LoRA targets (trainer.lora.target_modules: null): the attention projections, as the
+# diffusers SD / SDXL LoRA scripts and the Diffusion-DPO / MaPO LoRA releases adapt.
+LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 
 # SDXL's add_time_ids modes (model.time_ids); every UNet family's config carries the key.
 TIME_IDS = ("fixed", "original")
@@ -24,10 +27,21 @@ TIME_IDS = ("fixed", "original")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def check_options(time_ids: str) -> None:
-    """Refuse a model option this family does not know (model.time_ids)."""
+def check_options(time_ids: str, flow: dict | None = None) -> None:
+    """Refuse a model option this family does not know: a bad model.time_ids, or model.flow (the
+    sigma sampling and loss weighting of rectified-flow families; UNet families use DDPM noising)."""
     if time_ids not in TIME_IDS:
         raise InputError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
+    if flow:
+        raise InputError(f"model.flow ({', '.join(flow)}) applies to rectified-flow families (sd3); this UNet family "
+                         "trains with DDPM noising: remove model.flow")
+
+
+def check_text_options(max_sequence_length, use_t5: bool) -> None:
+    """model.max_sequence_length / model.use_t5 are T5 options: UNet families have no T5."""
+    if max_sequence_length is not None or not use_t5:
+        raise InputError("model.max_sequence_length and model.use_t5 apply to families with a T5 encoder (sd3); "
+                         "this UNet family has CLIP encoders only: remove them")
 
 
 def load_scheduler(source: str, revision: str | None):
@@ -111,15 +125,27 @@ def predict(model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> 
     return out if torch.is_tensor(out) else out.sample
 
 
-def forward_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type: str):
+def forward_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type: str, flow: dict | None = None):
     """DDPM q(x_t | x_0) with a shared t and noise per pair; target epsilon or v
-    (noising/forward.py). Returns (noisy, target, timesteps), chosen first."""
+    (noising/forward.py). Returns (noisy, target, timesteps), chosen first. `flow` (model.flow) is
+    refused by check_options for this family."""
     return forward_noise_pairs(noise_scheduler, latents_w, latents_l, generator, prediction_type)
 
 
 def inversion_pairs(noise_scheduler, latents_w, latents_l, predict_fn, generator, prediction_type: str, *,
-                    num_steps: int, eta: float, evaluate_at: str):
+                    num_steps: int, eta: float, evaluate_at: str, flow: dict | None = None):
     """InPO's x_t by DDIM inversion of x_0 with `predict_fn(x, t)`, target = the implied noise (or v)
     (noising/ddim_inversion.py). Returns (noisy, target, timesteps), chosen first."""
     return inversion_noise_pairs(noise_scheduler, latents_w, latents_l, predict_fn, generator, prediction_type,
                                  num_steps=num_steps, eta=eta, evaluate_at=evaluate_at)
+
+
+def error_weights(timesteps: torch.Tensor, flow: dict | None = None) -> None:
+    """Per-row weights of the denoising errors: none for the UNet families (plain epsilon / v MSE,
+    as Diffusion-DPO and the other releases train)."""
+    return None
+
+
+def sampling_kwargs(pipe) -> dict:
+    """Extra pipeline-call arguments for sampling: none for the UNet families."""
+    return {}

@@ -135,6 +135,8 @@ def load_parts(
     text_encoder_dtype=None,
     with_vae: bool = True,
     with_text_encoders: bool = True,
+    max_sequence_length: int | None = None,
+    use_t5: bool = True,
 ) -> DiffusionParts:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and a training DDPMScheduler.
 
@@ -147,6 +149,8 @@ def load_parts(
         would otherwise load in the checkpoint's dtype, e.g. fp16 for the SDXL hub weights).
     with_vae / with_text_encoders: False skips loading them (training from a finished latent
         cache needs neither); ``vae`` is then None and ``text_encoders`` empty.
+    max_sequence_length / use_t5: the T5 families' text options (model.max_sequence_length,
+        model.use_t5); families without T5 refuse values other than the defaults.
 
     UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
@@ -177,7 +181,8 @@ def load_parts(
 
     noise_scheduler, prediction_type = fam.load_scheduler(source, revision)
     text_encoders, tokenizers = fam.load_text_encoders(source, revision=revision, variant=variant, dtype=te_dtype,
-                                                       with_text_encoders=with_text_encoders)
+                                                       with_text_encoders=with_text_encoders,
+                                                       max_sequence_length=max_sequence_length, use_t5=use_t5)
 
     if not with_vae:
         vae = None

@@ -1,6 +1,6 @@
 """SD3 / SD3.5 prompt encoding for training, the same tensors StableDiffusion3Pipeline.encode_prompt
 makes (diffusers 0.42): each CLIP's penultimate hidden states (CLIP-L 768 + OpenCLIP-bigG 1280,
-77 tokens each, padded to max length) concatenated on the feature axis and zero-padded to the T5
+77 tokens each, padded to the tokenizer's model_max_length) concatenated on the feature axis and zero-padded to the T5
 width (4096), then the T5 tokens (`max_sequence_length`, 256 in the pipeline) appended on the
 sequence axis; pooled = both CLIPs' projected text embeddings concatenated (2048). Without T5
 (the pipeline's text_encoder_3=None, to save ~10 GB) the T5 part is zeros of the same shape, as
@@ -14,11 +14,10 @@ import torch
 
 from t2i_align.errors import InputError
 
-CLIP_MAX_LENGTH = 77
-
 
 def _clip_states(text_encoder, tokenizer, captions: list[str], device):
-    ids = tokenizer(captions, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
+    # The pipeline pads CLIP to tokenizer.model_max_length (77 for SD3; 16 for the toy model).
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
     out = text_encoder(ids, output_hidden_states=True)
     return out.hidden_states[-2], out[0]  # penultimate states, projected pooled embedding
@@ -51,3 +50,16 @@ def encode_sd3_prompts(captions: list[str], text_encoders, tokenizers, max_seque
     clip_states = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
     return {"encoder_hidden_states": torch.cat([clip_states, t5_states.to(clip_states.dtype)], dim=-2),
             "pooled_projections": torch.cat([pooled_1, pooled_2], dim=-1)}
+
+
+class AbsentT5(torch.nn.Module):
+    """The T5 slot when training without T5 (model.use_t5=false): no weights; `width` (the
+    transformer's joint_attention_dim) and `length` (T5 tokens) say what zeros the pipeline feeds
+    in its place. A module so that the loop's .to() / freezing treat it like any encoder."""
+
+    def __init__(self, width: int, length: int):
+        super().__init__()
+        self.width, self.length = int(width), int(length)
+
+    def forward(self, *args, **kwargs):
+        raise InputError("AbsentT5 has no weights: encode with encode_sd3_prompts(..., joint_attention_dim=width)")

@@ -51,7 +51,7 @@ def sample_u(num: int, generator, device, weighting_scheme: str = "logit_normal"
         return uniform
     if weighting_scheme == "mode":
         return 1 - uniform - mode_scale * (torch.cos(math.pi * uniform / 2) ** 2 - 1 + uniform)
-    raise InputError(f"unknown method.flow.weighting_scheme {weighting_scheme!r}; choose one of {WEIGHTING_SCHEMES}")
+    raise InputError(f"unknown model.flow.weighting_scheme {weighting_scheme!r}; choose one of {WEIGHTING_SCHEMES}")
 
 
 def sigmas_from_table(u: torch.Tensor, scheduler_sigmas: torch.Tensor, scheduler_timesteps: torch.Tensor):
@@ -85,7 +85,7 @@ def loss_weighting(scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
         return sigmas.float() ** -2.0
     if scheme == "cosmap":
         return 2 / (math.pi * (1 - 2 * sigmas.float() + 2 * sigmas.float() ** 2))
-    raise InputError(f"unknown method.flow.loss_weighting {scheme!r}; choose one of {LOSS_WEIGHTINGS}")
+    raise InputError(f"unknown model.flow.loss_weighting {scheme!r}; choose one of {LOSS_WEIGHTINGS}")
 
 
 def normalise_latents(latents: torch.Tensor, scaling_factor: float, shift_factor: float | None) -> torch.Tensor:

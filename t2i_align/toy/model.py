@@ -77,15 +77,18 @@ def assemble_pipeline(vae, text_encoder, text_encoder_2, unet):
                                      scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG), add_watermarker=False)
 
 
+TOY_KINDS = ("sdxl", "sd3")  # toy_sdxl (this file), toy_sd3 (model_sd3.py)
+
+
 def resolve_toy_path(path: str) -> str:
-    """"toy:sdxl" -> the shipped pretrained folder (clear error when the weights are missing)."""
+    """"toy:sdxl" / "toy:sd3" -> the shipped pretrained folder (clear error when the weights are missing)."""
     kind = path[len(TOY_PREFIX):]
-    if kind != "sdxl":
-        raise InputError(f"unknown toy model {path!r}; known: toy:sdxl")
+    if kind not in TOY_KINDS:
+        raise InputError(f"unknown toy model {path!r}; known: {', '.join(TOY_PREFIX + k for k in TOY_KINDS)}")
     folder = TOY_WEIGHTS / kind
     if not (folder / "model_index.json").is_file():
         raise InputNotFoundError(f"toy model weights missing at {folder}; make them with "
-                                "python scripts/pretrain_toy.py (about 30-60 minutes on 2 CPU cores)")
+                                f"python scripts/pretrain_toy.py --family {kind} (about 30-60 minutes on 2 CPU cores)")
     return str(folder)
 
 

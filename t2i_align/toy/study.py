@@ -104,6 +104,7 @@ def sample_metrics(model_path: str, unet: str | None, prompts: list[str], seeds,
 
     from t2i_align.evaluation.rewards import load_reward
     from t2i_align.evaluation.sampling import load_pipeline
+    from t2i_align.families import pipeline_call_kwargs
 
     pipe = load_pipeline(model_path, unet=unet)
     keys = [(p, s) for p in prompts for s in seeds]
@@ -112,7 +113,7 @@ def sample_metrics(model_path: str, unet: str | None, prompts: list[str], seeds,
         chunk = keys[start:start + batch_size]
         out = pipe([p for p, _ in chunk], num_inference_steps=SAMPLING["steps"],
                    guidance_scale=SAMPLING["guidance_scale"], height=32, width=32,
-                   generator=[torch.Generator().manual_seed(s) for _, s in chunk])
+                   generator=[torch.Generator().manual_seed(s) for _, s in chunk], **pipeline_call_kwargs(pipe))
         images.extend(out.images)
     names = {"neon": "toy_style", "colour": "toy_colour", "shape": "toy_shape"}
     scores = {k: load_reward(v)(images, [p for p, _ in keys]).tolist() for k, v in names.items()}

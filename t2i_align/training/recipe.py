@@ -138,6 +138,18 @@ def merge_skipped(skipped: set, new: list, accelerator) -> None:
     skipped.update(new)
 
 
+def text_options(m_cfg) -> dict:
+    """The T5 families' text settings set in the model config (model.max_sequence_length,
+    model.use_t5); {} for configs without them (the UNet families)."""
+    return {k: m_cfg[k] for k in ("max_sequence_length", "use_t5") if m_cfg.get(k) is not None}
+
+
+def flow_options(m_cfg) -> dict:
+    """model.flow (rectified-flow sigma sampling and loss weighting) as a plain dict; {} without it."""
+    flow = m_cfg.get("flow")
+    return dict(OmegaConf.to_container(flow, resolve=True)) if flow is not None else {}
+
+
 def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_captions: bool, vae_dtype,
                           seed: int) -> tuple[dict, Path]:
     """(key, folder) of the latent cache for this model and data (data.cache.dir or automatic)."""
@@ -150,7 +162,8 @@ def latent_cache_location(m_cfg, d_cfg, data_path, resolution: int, per_image_ca
                     family=m_cfg.family, resolution=resolution, flip_variants=d_cfg.cache.flip_variants,
                     per_image_captions=per_image_captions, storage_dtype=d_cfg.cache.dtype,
                     vae_dtype=str(vae_dtype).removeprefix("torch."), data=data, table_fingerprint=None,
-                    store_std=d_cfg.cache.get("store_std", True), time_ids=m_cfg.get("time_ids", "fixed"))
+                    store_std=d_cfg.cache.get("store_std", True), time_ids=m_cfg.get("time_ids", "fixed"),
+                    text_options=text_options(m_cfg))
     if d_cfg.random_crop:
         raise InputError("data.cache.enabled=true stores centre crops; set data.random_crop=false "
                          "(random crops need the images: data.cache.enabled=false)")
@@ -202,7 +215,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     # Models (a finished latent cache needs neither VAE nor text encoders)
     parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
                        unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant,
-                       with_vae=not cache_ready, with_text_encoders=not cache_ready)
+                       with_vae=not cache_ready, with_text_encoders=not cache_ready, **text_options(m_cfg))
     unet = parts.unet
     set_attention_backend(unet, m_cfg.attention)
     if t_cfg.gradient_checkpointing:
@@ -210,8 +223,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     if t_cfg.get("channels_last"):
         unet.to(memory_format=torch.channels_last)
     if use_lora:
+        targets = t_cfg.lora.get("target_modules") or get_family(parts.family).LORA_TARGETS
         add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
-                 target_modules=tuple(t_cfg.lora.target_modules))
+                 target_modules=tuple(targets))
     ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
     # Made while the UNet is still in CPU RAM, so an offloaded copy never visits the device.
@@ -227,7 +241,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
 
     family = get_family(parts.family)
     time_ids = m_cfg.get("time_ids", "fixed")
-    family.check_options(time_ids)
+    flow = flow_options(m_cfg)
+    family.check_options(time_ids, flow)
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion
@@ -332,7 +347,7 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,
                         device=device, autocast=accelerator.autocast,
-                        per_image_captions=per_image_captions, time_ids=time_ids, **noising_args)
+                        per_image_captions=per_image_captions, time_ids=time_ids, flow=flow, **noising_args)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "

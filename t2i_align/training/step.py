@@ -79,7 +79,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                     inversion_steps: int = 10, inversion_eta: float = 0.0,
                     inversion_model: str = "reference",
                     inversion_evaluate_at: str = "destination",
-                    time_ids: str = "fixed") -> tuple[torch.Tensor, dict]:
+                    time_ids: str = "fixed", flow: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
     per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
@@ -90,7 +90,8 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
     DDIM for the UNet families, in `inversion_steps` steps with added noise `inversion_eta`, by the frozen reference (default) or
     by the policy under no grad as released, with the model evaluated at each step's
     `inversion_evaluate_at` level; noising/ddim_inversion.py says why the reference is the
-    default), with the same conditioning as the loss pass.
+    default), with the same conditioning as the loss pass. flow: the rectified-flow families'
+    sigma sampling and loss weighting (model.flow), passed to the family unread.
     """
     fam = get_family(family)
     uses_rejected = objective.uses_rejected
@@ -125,7 +126,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
 
     if noising == "forward":
         noisy, target, timesteps = fam.forward_pairs(noise_scheduler, latents_w, latents_l, generator,
-                                                     prediction_type)
+                                                     prediction_type, flow=flow)
     elif noising == "inversion":  # InPO: x_t by inverting x_0, target = what the inverted latent implies
         inverter = reference if inversion_model == "reference" else unet
 
@@ -136,7 +137,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
 
         noisy, target, timesteps = fam.inversion_pairs(
             noise_scheduler, latents_w, latents_l, predict, generator, prediction_type,
-            num_steps=inversion_steps, eta=inversion_eta, evaluate_at=inversion_evaluate_at)
+            num_steps=inversion_steps, eta=inversion_eta, evaluate_at=inversion_evaluate_at, flow=flow)
     else:
         raise InputError(f"unknown method.noising {noising!r}; choose one of {NOISINGS}")
     with autocast():
@@ -147,6 +148,10 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
         with autocast():
             ref_pred = fam.predict(reference, noisy, timesteps, cond)
         ref_err = per_sample_error(ref_pred, target)
+    weights = fam.error_weights(timesteps, flow=flow)  # None: plain MSE (every UNet family, SD3's default)
+    if weights is not None:
+        model_err = model_err * weights
+        ref_err = ref_err * weights if ref_err is not None else None
 
     split = lambda e: (e[:num_pairs], e[num_pairs:]) if uses_rejected else (e, None)  # noqa: E731
     model_err_w, model_err_l = split(model_err)
