@@ -79,3 +79,18 @@ def test_dcpo_and_inpo_defaults():
     assert inpo.method.loss.beta == 5000 and inpo.trainer.max_steps == 400
     assert inpo.trainer.lr * inpo.trainer.grad_accum * 8 == pytest.approx(1.024e-5)
     assert make_cfg(["+exp=inpo_sd15"]).method.loss.beta == 2000
+
+
+def test_sd35_presets():
+    """SD3.5-medium presets: the family, the cited numbers (README: SD3 / SD3.5)."""
+    lora = make_cfg(["+exp=dpo_sd35_lora"])
+    assert lora.model.family == "sd3" and lora.model.resolution == 512 and lora.method.loss.beta == 100
+    assert lora.trainer.lora.enabled and (lora.trainer.lora.rank, lora.trainer.lora.alpha) == (32, 64)
+    assert lora.trainer.lr == 1e-5 and lora.trainer.mixed_precision == "bf16"
+    assert lora.model.flow.weighting_scheme == "logit_normal" and lora.model.flow.logit_std == 1.0
+    full = make_cfg(["+exp=dpo_sd35"])
+    assert not full.trainer.lora.enabled and full.method.loss.beta == 100
+    mapo = make_cfg(["+exp=mapo_sd35"])
+    assert mapo.method.objective == "mapo" and mapo.method.loss.beta == 0.1 and mapo.trainer.lr == 1e-5
+    assert mapo.data.path == "mapo-t2i/pick-style-cartoon" and mapo.model.resolution == 1024
+    assert make_cfg(["+exp=mapo_sd35_lora"]).trainer.lora.rank == 32
