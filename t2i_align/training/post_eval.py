@@ -14,8 +14,10 @@ def evaluate_after_training(cfg: DictConfig, final: Path, run_dir: Path) -> list
     post = cfg.get("post_eval")
     if not post or not post.enabled:
         return None
-    if post.get("when_model") and cfg.model.name != post.when_model:
-        log.info("post_eval is for model %s, not %s: skipped", post.when_model, cfg.model.name)
+    when = post.get("when_model")
+    models = [when] if isinstance(when, str) else list(when or [])
+    if models and cfg.model.name not in models:
+        log.info("post_eval is for model %s, not %s: skipped", " / ".join(models), cfg.model.name)
         return None
     from t2i_align.evaluation.run import run_evaluation
 
