@@ -202,13 +202,13 @@ def zero_unused_token_rows(te1, te2, corpus: dict) -> None:
         table[~used] = 0
 
 
-def report(pipe, seed: int, **call_kwargs) -> dict:
-    """Rates of neon style, right colour and right shape over 24 prompts per caption kind.
+def report(pipe, seed: int, count: int = 24, **call_kwargs) -> dict:
+    """Rates of neon style, right colour and right shape over `count` prompts per caption kind.
     call_kwargs: extra pipeline arguments (toy_sd3: max_sequence_length=16)."""
     from t2i_align.toy.metrics import colour_of, parse_prompt, shape_of, style_of
     from t2i_align.toy.world import plain_prompts
 
-    prompts = plain_prompts(24, seed=seed + 3, held_out=True)
+    prompts = plain_prompts(count, seed=seed + 3, held_out=True)
     out = {}
     for kind, prefix in (("neon prefix", "neon style: "), ("plain prefix", "plain style: "), ("no prefix", "")):
         generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
@@ -229,6 +229,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="default: the package's toy weights folder of the family")
     parser.add_argument("--work", default=None, help="default: .toy_pretrain (sdxl) / .toy_pretrain_sd3")
     parser.add_argument("--report-every", type=int, default=0, help="sd3: print the EMA model's rates every N steps")
+    parser.add_argument("--report-prompts", type=int, default=24, help="prompts per caption kind in the rates")
     parser.add_argument("--vae-steps", type=int, default=1300)
     parser.add_argument("--unet-steps", type=int, default=None, help="denoiser steps (default sdxl 6000, sd3 8000)")
     parser.add_argument("--decay-from", type=int, default=None,
@@ -261,7 +262,7 @@ def main(argv=None) -> None:
     zero_unused_token_rows(te1, te2, corpus)
     pipe = toy.assemble_pipeline(vae, te1, te2, unet)
     pipe.set_progress_bar_config(disable=True)
-    rates = report(pipe, args.seed)
+    rates = report(pipe, args.seed, args.report_prompts)
     out = Path(args.out)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     info = {"vae_steps": args.vae_steps, "unet_steps": steps, "decay_from": args.decay_from, "images": args.images, "batch": args.batch,
@@ -281,10 +282,11 @@ def pretrain_sd3(args, work: Path, started: float) -> None:
     length = {"max_sequence_length": flow.model_sd3.TOKEN_LENGTH}
     parts, steps = flow.train_transformer(
         work, corpus, args.unet_steps, args.seed, args.batch, args.lr, args.minutes, args.decay_from, lr_factor,
-        args.report_every, lambda parts: report(flow.assemble(vae, corpus, parts), args.seed, **length))
+        args.report_every, lambda parts: report(flow.assemble(vae, corpus, parts), args.seed, args.report_prompts,
+                                                **length))
     flow.zero_unused_clip_rows(parts[1:], corpus)
     pipe = flow.assemble(vae, corpus, parts)
-    rates = report(pipe, args.seed, **length)
+    rates = report(pipe, args.seed, args.report_prompts, **length)
     out = Path(args.out)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     info = {"family": "sd3", "transformer_steps": steps, "decay_from": args.decay_from, "images": args.images,

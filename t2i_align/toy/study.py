@@ -42,6 +42,16 @@ GRID = {
     "dcpo": [{"lr": 2e-5, "beta": 5}, {"lr": 2e-5, "beta": 500}],
     "inpo": [{"lr": 2e-5, "beta": 5}, {"lr": 2e-5, "beta": 5000}],
 }
+# toy_sd3 (rectified flow): betas do not transfer from the UNet families (velocity errors, another
+# scale), so the DPO family's beta is calibrated here over four decades (README: the toy flow world).
+GRID_FLOW = {
+    "sft": [{"lr": 2e-5}, {"lr": 5e-5}],
+    "mapo": [{"lr": 2e-5}, {"lr": 5e-5}],
+    "dpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 500, 5000)],
+    "dcpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 500)],
+    "inpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 5000)],
+}
+TOY_MODELS = {"toy_sdxl": "toy:sdxl", "toy_sd3": "toy:sd3"}  # conf/model name -> model path
 SEEDS = (0, 1, 2)
 STEPS = 200  # the embedded default trains 300; 200 keeps the 66-run study near an hour on 2 cores
 CURVE_EVERY = 50
@@ -55,14 +65,16 @@ def setting_name(setting: dict) -> str:
     return "_".join(f"{k}{v:g}" for k, v in sorted(setting.items()))
 
 
-def plan(levels=("low", "high"), methods=METHODS, seeds=SEEDS) -> list[dict]:
+def plan(levels=("low", "high"), methods=METHODS, seeds=SEEDS, model: str = "toy_sdxl") -> list[dict]:
     """Every run of the study, in the order they run: seed-major, so a study stopped early has every
-    method and setting at the first seeds rather than some methods at all seeds."""
+    method and setting at the first seeds rather than some methods at all seeds. toy_sd3 uses
+    GRID_FLOW (the beta calibration), toy_sdxl GRID."""
+    grid = GRID_FLOW if model == "toy_sd3" else GRID
     runs = []
     for seed in seeds:
         for level in levels:
             for method in methods:
-                for setting in GRID[method]:
+                for setting in grid[method]:
                     runs.append({"id": f"{level}-{method}-{setting_name(setting)}-s{seed}", "level": level,
                                  "method": method, "setting": setting, "seed": seed})
     return runs
@@ -85,9 +97,9 @@ def compose(overrides: list[str]):
         return hydra_compose("train", overrides=overrides)
 
 
-def run_overrides(run: dict, data_paths: dict, steps: int) -> list[str]:
+def run_overrides(run: dict, data_paths: dict, steps: int, model: str = "toy_sdxl") -> list[str]:
     method, setting = run["method"], run["setting"]
-    overrides = [f"+exp=toy_{method}", f"trainer.seed={run['seed']}", f"trainer.lr={setting['lr']}",
+    overrides = [f"+exp=toy_{method}", f"model={model}", f"trainer.seed={run['seed']}", f"trainer.lr={setting['lr']}",
                  f"trainer.max_steps={steps}", f"trainer.checkpoint_every={CURVE_EVERY}",
                  f"trainer.keep_last={steps // CURVE_EVERY + 1}", "post_eval=none"]
     if "beta" in setting:
@@ -146,7 +158,7 @@ def _write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def run_one(run: dict, out: Path, data_paths: dict, model_path: str, steps: int) -> dict:
+def run_one(run: dict, out: Path, data_paths: dict, model_path: str, steps: int, model: str = "toy_sdxl") -> dict:
     """Train one run (resuming its own checkpoints), evaluate its curve and its final model."""
     import statistics
 
@@ -154,7 +166,7 @@ def run_one(run: dict, out: Path, data_paths: dict, model_path: str, steps: int)
 
     run_dir = out / "runs" / run["id"]
     train_dir = run_dir / "train"
-    overrides = run_overrides(run, data_paths, steps)
+    overrides = run_overrides(run, data_paths, steps, model)
     if (train_dir / "checkpoints").is_dir():
         overrides.append("trainer.resume=latest")
     cfg = compose(overrides)
@@ -184,17 +196,20 @@ def run_one(run: dict, out: Path, data_paths: dict, model_path: str, steps: int)
     return result
 
 
-def prepare(out: Path, model_path: str, levels) -> dict:
-    """The data of each level (built once), their measured mismatch, and the base's metrics."""
+def prepare(out: Path, model_path: str, levels, model: str = "toy_sdxl") -> dict:
+    """The data of each level (built once), their measured mismatch (DDPM denoising errors: measured
+    only for toy_sdxl's two levels), and the base's metrics."""
     from t2i_align.data.builders.ensure import ensure_built
     from t2i_align.toy.mismatch import build_high_mismatch, denoising_gap
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = compose(["+exp=toy_mapo"])
+    cfg = compose(["+exp=toy_mapo", f"model={model}"])
     low = ensure_built(cfg.data.build, cfg.model, list(cfg.data.build_overrides))
-    paths = {"low": None, "high": str(build_high_mismatch(low, out / "data" / "high"))}
+    paths = {"low": None, "high": str(build_high_mismatch(low, out / "data" / "high")) if "high" in levels else None}
     info_path = out / "prepared.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "high" not in levels:
+        info.setdefault("mismatch", {})
     if "mismatch" not in info:
         info["mismatch"] = {level: {
             "plain_caption": denoising_gap(model_path, Path(low if level == "low" else paths["high"])),
@@ -212,8 +227,10 @@ def prepare(out: Path, model_path: str, levels) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "results" / "toy_study"))
-    parser.add_argument("--levels", default="low,high")
+    parser.add_argument("--model", default="toy_sdxl", choices=sorted(TOY_MODELS),
+                        help="toy_sd3: the flow study (GRID_FLOW, the beta calibration; level low only)")
+    parser.add_argument("--out", default=None, help="default results/toy_study (toy_sdxl), results/toy_study_sd3")
+    parser.add_argument("--levels", default=None, help="default low,high (toy_sdxl), low (toy_sd3)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--steps", type=int, default=STEPS)
@@ -222,11 +239,13 @@ def main(argv=None) -> None:
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-report", action="store_true", help="run only; do not write the report")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    model_path = "toy:sdxl"
+    flow = args.model == "toy_sd3"
+    args.levels = args.levels or ("low" if flow else "low,high")
+    out = Path(args.out or ROOT / "results" / ("toy_study_sd3" if flow else "toy_study"))
+    model_path = TOY_MODELS[args.model]
     levels, methods = args.levels.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = plan(levels, methods, seeds)
+    runs = plan(levels, methods, seeds, args.model)
 
     if args.run_one:  # a child process: one run
         import torch
@@ -235,12 +254,12 @@ def main(argv=None) -> None:
             torch.set_num_threads(args.threads)
         data_paths = json.loads((out / "prepared.json").read_text())["data"]
         data_paths["low"] = None  # the preset's own build (data.build)
-        run_one(next(r for r in runs if r["id"] == args.run_one), out, data_paths, model_path, args.steps)
+        run_one(next(r for r in runs if r["id"] == args.run_one), out, data_paths, model_path, args.steps, args.model)
         return
 
     from tqdm.auto import tqdm
 
-    prepare(out, model_path, levels)
+    prepare(out, model_path, levels, args.model)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     pending = [r for r in runs if not (out / "runs" / r["id"] / "result.json").is_file()]
     bar = tqdm(total=len(runs), initial=len(runs) - len(pending), desc="toy study runs", unit="run")
@@ -252,7 +271,8 @@ def main(argv=None) -> None:
             run = pending.pop(0)
             log = out / "runs" / run["id"] / "log.txt"
             log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "t2i_align.toy.study", "--out", str(out), "--levels", args.levels,
+            cmd = [sys.executable, "-m", "t2i_align.toy.study", "--model", args.model, "--out", str(out),
+                   "--levels", args.levels,
                    "--methods", args.methods, "--seeds", args.seeds, "--steps", str(args.steps),
                    "--threads", str(threads), "--run-one", run["id"]]
             running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT),
