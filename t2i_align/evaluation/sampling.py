@@ -91,7 +91,22 @@ def pipeline_sources(spec: dict, base) -> dict:
     base = {"path": base} if isinstance(base, (str, os.PathLike)) else base
     return {"base": str(base["path"]), "unet": spec.get("unet") or base.get("unet_path"),
             "lora": spec.get("lora"), "vae": spec.get("vae") or base.get("vae_path"),
-            "revision": base.get("revision"), "variant": base.get("variant"), "family": base.get("family")}
+            "revision": base.get("revision"), "variant": base.get("variant"), "family": base.get("family"),
+            "text_options": text_options_of(base)}
+
+
+def text_options_of(base) -> dict | None:
+    """The T5 families' text settings of a model config (max_sequence_length when set, use_t5 when
+    false), so that sampling encodes prompts as training did; None when the config sets neither
+    (every UNet family), which keeps those image-cache keys unchanged."""
+    if isinstance(base, (str, os.PathLike)):
+        return None
+    options = {}
+    if base.get("max_sequence_length") is not None:
+        options["max_sequence_length"] = int(base["max_sequence_length"])
+    if base.get("use_t5") is False:
+        options["use_t5"] = False
+    return options or None
 
 
 def _hub_identity(repo_id: str, revision: str | None) -> dict:
@@ -179,6 +194,7 @@ def model_cache_key(spec: dict, base, settings: dict) -> ModelKey:
         "unet": _component_identity(src["unet"], "unet", "UNet") if src["unet"] else None,
         "vae": _component_identity(src["vae"], "vae", "VAE") if src["vae"] else None,
         "lora": lora,
+        **({"text": src["text_options"]} if src["text_options"] else {}),
         "scheduler": _scheduler_identity(settings.get("scheduler"), base_folder),
         "dtype": _dtype_name(settings.get("dtype") or torch.float32),
         "device": torch.device(settings.get("device") or "cpu").type,
@@ -205,12 +221,15 @@ def pipeline_class(family: str | None = None):
 
 def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, device="cpu",
                   dtype=torch.float32, vae: str | None = None, revision: str | None = None,
-                  variant: str | None = None, family: str | None = None):
+                  variant: str | None = None, family: str | None = None, text_options: dict | None = None):
     """A diffusers text-to-image pipeline for `base` (at `revision`, reading `variant` weights),
     with a trained UNet folder or LoRA loaded, and optionally another VAE (e.g. an fp16-safe
     SDXL VAE). unet / vae: a model folder, a pipeline or run folder with unet/ / vae/, or a hub id.
     family: the model family (model.family), whose pipeline class and denoiser loader are used;
-    None picks the pipeline from the base's model_index.json (pipeline_class)."""
+    None picks the pipeline from the base's model_index.json (pipeline_class). text_options
+    (text_options_of(cfg.model)): use_t5=False loads no T5 (the pipeline feeds zeros, as training
+    did); max_sequence_length is set as the T5 tokenizer's model_max_length, which
+    families.pipeline_call_kwargs passes to every call."""
     from diffusers import AutoencoderKL
 
     from t2i_align.models.loading import _override_location, dtype_argument
@@ -229,7 +248,14 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
     if vae is not None:
         src, sub = _override_location(str(vae), "vae", "VAE")
         kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
+    options = text_options or {}
+    if options.get("use_t5") is False:
+        kwargs.update(text_encoder_3=None, tokenizer_3=None)
     pipe = pipeline_class(family).from_pretrained(base, **kwargs)
+    if options.get("max_sequence_length") is not None and getattr(pipe, "tokenizer_3", None) is not None:
+        pipe.tokenizer_3.model_max_length = int(options["max_sequence_length"])
+    if options:
+        pipe.t2i_text_options = dict(options)  # read by families.pipeline_call_kwargs
     if lora is not None:
         pipe.load_lora_weights(lora)
     pipe.set_progress_bar_config(disable=True)

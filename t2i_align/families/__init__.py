@@ -7,7 +7,8 @@ get_family(name) returns the family's module. The step (training/step.py), the l
 What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the two share):
 
 - NAME, DENOISER_SUBFOLDER, LORA_PREFIX (the denoiser's folder and LoRA-file prefix), LORA_TARGETS
-  (default trainer.lora.target_modules), REQUIRED_SUBFOLDERS (of a diffusers pipeline folder), claims(model_index) -> bool
+  (default trainer.lora.target_modules), LORA_KEY_FORMAT ("diffusers" or "peft" key names in LoRA
+  files, as the family's diffusers script saves them), REQUIRED_SUBFOLDERS (of a diffusers pipeline folder), claims(model_index) -> bool
   (auto-detection from model_index.json; families are tried in FAMILIES order);
 - loading: load_scheduler(source, revision) -> (scheduler, prediction_type),
   load_text_encoders(source, revision=, variant=, dtype=, with_text_encoders=,
@@ -42,7 +43,7 @@ from t2i_align.families import sd, sd3, sdxl
 # second text encoder; sd claims any pipeline).
 FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, sdxl.NAME: sdxl, sd.NAME: sd}
 
-INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
+INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_KEY_FORMAT", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
              "conditioning", "encode_latents", "posterior_latents", "latent_factors", "forward_pairs",
              "inversion_pairs", "predict", "error_weights", "sampling_kwargs")

@@ -30,6 +30,10 @@ LORA_PREFIX = "transformer"
 # peft matches name suffixes, so SD3.5's dual-attention attn2.to_q/k/v/out.0 are adapted too; the
 # last, context-pre-only block has no to_add_out.
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out")
+# LoRA file keys: peft's own names (lora_A / lora_B), as train_dreambooth_lora_sd3.py saves them;
+# diffusers' legacy conversion knows only to_q/k/v/out and would leave a mixed file whose attention
+# weights load_lora_weights silently skips.
+LORA_KEY_FORMAT = "peft"
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
                        "tokenizer_2")
 TEXT_CACHE = {"hidden": "encoder_hidden_states", "pooled": "pooled_projections"}
@@ -162,8 +166,11 @@ def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list) -
 
 def sampling_kwargs(pipe) -> dict:
     """Extra pipeline-call arguments so sampling encodes prompts as training does: the T5 length
-    (the tokenizer's model_max_length as loaded, 256 for the hub models, 16 for toy_sd3)."""
-    return {"max_sequence_length": sequence_length(getattr(pipe, "tokenizer_3", None), None)}
+    (model.max_sequence_length when evaluation's load_pipeline was given it, else the T5
+    tokenizer's model_max_length as loaded: 256 for the hub models, 16 for toy_sd3; without T5
+    the pipeline's zeros get the same length)."""
+    given = getattr(pipe, "t2i_text_options", {}).get("max_sequence_length")
+    return {"max_sequence_length": sequence_length(getattr(pipe, "tokenizer_3", None), given)}
 
 
 def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
-from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, LORA_TARGETS, TIME_IDS, check_captions, check_options, check_text_options, error_weights, sampling_kwargs,  # noqa: F401
+from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, LORA_TARGETS, LORA_KEY_FORMAT, TIME_IDS, check_captions, check_options, check_text_options, error_weights, sampling_kwargs,  # noqa: F401
                                           check_unet_kind, encode_latents, execution_device, forward_pairs,
                                           inversion_pairs, latent_factors, load_denoiser, load_scheduler,
                                           posterior_latents, predict, tokenize)

@@ -20,6 +20,9 @@ LORA_PREFIX = "unet"  # the denoiser's name in diffusers LoRA files (save_lora_w
 # Default LoRA targets (trainer.lora.target_modules: null): the attention projections, as the
 # diffusers SD / SDXL LoRA scripts and the Diffusion-DPO / MaPO LoRA releases adapt.
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+# LoRA file keys: converted to diffusers' names (convert_state_dict_to_diffusers), as the diffusers
+# SD / SDXL LoRA scripts save them.
+LORA_KEY_FORMAT = "diffusers"
 
 # SDXL's add_time_ids modes (model.time_ids); every UNet family's config carries the key.
 TIME_IDS = ("fixed", "original")

@@ -83,7 +83,9 @@ def save_lora(unet, out_dir, family: str) -> pathlib.Path:
     fam = get_family(family)
     pipeline = fam.pipeline_class()
     name = _adapter_name(unet)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    layers = get_peft_model_state_dict(unet, adapter_name=name)
+    if fam.LORA_KEY_FORMAT == "diffusers":  # the UNet scripts' legacy key names; transformers keep peft's
+        layers = convert_state_dict_to_diffusers(layers)
     out_dir = pathlib.Path(out_dir)
     pipeline.save_lora_weights(
         save_directory=out_dir,

@@ -64,9 +64,20 @@ def test_dpo_lora_on_sd3_trains_adapters_only_and_loads_with_load_lora_weights(t
     assert any(".attn2." in k for k in keys)  # SD3.5's dual attention is adapted too
     run = lambda p: p(["a red circle"], num_inference_steps=2, height=32, width=32, output_type="np",  # noqa: E731
                       generator=torch.Generator().manual_seed(0), max_sequence_length=16).images
+    assert not any(".lora.down." in k or ".lora.up." in k for k in keys)  # peft names, as the SD3 script
     pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_path("tiny:sd3"))
     before = run(pipe)
-    pipe.load_lora_weights(final)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # peft warns when file keys and config targets disagree
+        pipe.load_lora_weights(final)
+    loaded = {n: p for n, p in pipe.transformer.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(keys)  # every saved matrix is in the pipeline's transformer
+    trained = {k.removeprefix("transformer."): v for k, v in keys.items()}
+    for name, param in loaded.items():
+        key = name.replace(".default_0", "").replace(".default", "")  # the adapter's name in the pipeline
+        assert torch.equal(param.detach().to(trained[key].dtype), trained[key]), name
     assert not np.array_equal(run(pipe), before)
 
 

@@ -44,7 +44,7 @@ def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
     """(plan, number of items, make_rows, schema, title, description) for a prefix-pair build."""
     from t2i_align.data.builders.prefix_pairs import PAIR_SCHEMA, prefix_pair_rows
     from t2i_align.data.builders.prompt_source import build_prompts
-    from t2i_align.evaluation.sampling import load_pipeline
+    from t2i_align.evaluation.sampling import load_pipeline, text_options_of
 
     ds = cfg.dataset
     resolution = int(ds.resolution or cfg.model.resolution)
@@ -59,13 +59,15 @@ def _plan_and_rows_prefix_pair(cfg: DictConfig, device):
             "seed": ds.seed, "steps": ds.steps, "guidance_scale": ds.guidance_scale, "resolution": resolution,
             "negative_prompt": ds.negative_prompt, "shard_size": ds.shard_size, "image_format": ds.image_format,
             "filter": OmegaConf.to_container(ds.filter, resolve=True)}
+    if text_options_of(cfg.model):  # T5 settings change the images; absent for UNet families (plans unchanged)
+        plan["text_options"] = text_options_of(cfg.model)
     cache = {}
 
     def make_rows(start, end):
         if "pipe" not in cache:  # loaded only when a shard is actually missing
             dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
             cache["pipe"] = load_pipeline(cfg.model.path, vae=cfg.model.get("vae_path"), device=device, dtype=dtype,
-                                          family=cfg.model.get("family"))
+                                          family=cfg.model.get("family"), text_options=text_options_of(cfg.model))
             cache["reward"] = None
             if ds.filter.reward:
                 from t2i_align.evaluation.rewards import load_reward
