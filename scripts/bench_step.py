@@ -1,25 +1,39 @@
-"""Step benchmark: what one training step of t2i_align costs next to the bare UNet compute.
+"""Step benchmark: what one training step of t2i_align costs next to the bare denoiser compute.
 
-For every (model, method, tuning) row this measures two things on the same UNet and batch:
+For every (model, method, tuning) row this measures two things on the same denoiser and batch:
 
 - "step": one optimizer step exactly as the training recipe (t2i_align/training/recipe.py)
   runs it with grad_accum 1: ``preference_step`` (VAE encode + text encode + noising + policy
   forward + reference forward + objective), the finite-loss check, ``accelerator.backward``,
   ``accelerator.clip_grad_norm_``, ``optimizer.step``, ``lr_scheduler.step``, ``zero_grad`` and
   the per-step metric reduction. The optimizer is AdamW over the trainable parameters, built
-  with the trainer defaults of conf/trainer/default.yaml; the objective, its caption mode
-  (shared prompt; per-image captions for dcpo, also accepted by --methods) and its
+  with the trainer defaults of conf/trainer/default.yaml (LoRA: trainer.lora.target_modules, or,
+  when null as by default, the family's LORA_TARGETS, as the recipe); the objective, its caption
+  mode (shared prompt; per-image captions for dcpo, also accepted by --methods) and its
   hyper-parameters come from conf/method/<method>.yaml. The batch is built once through the
   real data path (generated_pairs_table -> PreferencePairs -> collate_pairs) and reused.
-- "bare": the same compute with nothing but the UNet: precomputed noisy latents, timesteps
+- "bare": the same compute with nothing but the denoiser: precomputed noisy latents, timesteps
   and conditioning ([2B] for DPO / MaPO, [B] for SFT), policy forward + MSE + backward +
   AdamW step + zero_grad, plus, for DPO, one reference forward under no_grad of the same kind
-  (the frozen copy for full fine-tuning, the same UNet with its LoRA adapters off for LoRA).
+  (the frozen copy for full fine-tuning, the same denoiser with its LoRA adapters off for LoRA).
+  Every denoiser call is the family's ``predict`` (t2i_align/families/: the bare model call with
+  the family's arguments), so UNet and SD3 transformer rows measure the same thing.
+
+Models (--models): UNet rows (sdxl family, DDPM noising): "tiny" (the tiny
+SDXL parts, 32 px), "small" (a ~33M-parameter SDXL-shaped UNet in the tiny SDXL parts, 64 px),
+"toy" (the shipped pretrained toy_sdxl, 32 px). Flow-matching rows (sd3 family,
+SD3Transformer2DModel, rectified flow with velocity targets and the default model.flow sigma
+sampling): "tiny_sd3" (the tiny SD3.5-shaped parts, 32 px), "flow" (a ~19M-parameter SD3.5-shaped
+transformer, 8 joint blocks of 8 heads x 32 with a dual-attention first block, in the tiny SD3
+parts: 64 px -> 32x32x16 latents -> 256 image tokens next to 77 CLIP + 256 T5 tokens), "toy_sd3"
+(the pretrained toy_sd3, when its weights exist: a clear error otherwise). The default is
+tiny,small,toy,tiny_sd3; "flow" costs about what "small" does, so it is selected explicitly
+(--models flow).
 
 The bare compute is what any implementation of the method must spend; step - bare is the
 overhead this framework owns (and the frozen VAE / text encoders, which the papers' scripts
 also run every step). ratio = step / bare; the target is within 1.05x. "encode" times the
-part of preference_step before the UNet (VAE + text encoders + noising) on its own, and the
+part of preference_step before the denoiser (VAE + text encoders + noising) on its own, and the
 phase table splits both loops (forward / backward / clip / optimizer) so the ratio is explained.
 
 Timing: time.perf_counter around each step (with torch.cuda.synchronize at every phase mark on
@@ -48,11 +62,12 @@ Reference ("reference" column, --references): copy, cpu_offload (on CPU the same
 there is no device memory to save), adapters_off for LoRA. A last table gives the latent cache
 build throughput (--cache-pairs).
 
-Usage: python scripts/bench_step.py [--models tiny,small,toy] [--methods sft,mapo,dpo]
+Usage: python scripts/bench_step.py [--models tiny,small,toy,tiny_sd3,flow,toy_sd3] [--methods sft,mapo,dpo]
        [--tunings full,lora] [--sources images,cache] [--references auto,copy,cpu_offload]
        [--pairs 2] [--steps 5] [--warmup 2] [--device cpu|cuda] [--cache-pairs 32]
        [--options compile,channels_last] [--json PATH] [--no-subprocess]
-E.g. the issue-7 table: --models small --methods sft,mapo,dpo --tunings full --references copy,cpu_offload.
+E.g. the issue-7 table: --models small --methods sft,mapo,dpo --tunings full --references copy,cpu_offload;
+the SD3-shaped rows: --models flow --methods sft,mapo,dpo --tunings full,lora --sources images,cache.
 Use --steps 10 or more for tighter medians on a quiet machine.
 """
 
@@ -76,7 +91,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as t2i_align.training.recipe sets it
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("tiny", "small", "toy")
+# UNet rows (SDXL family) and flow-matching rows (SD3 family, SD3Transformer2DModel). Not default:
+# "flow" (its 20 rows cost about what the small UNet's do, so the default run would roughly double;
+# select it with --models flow) and "toy_sd3" (needs the pretrained weights of
+# scripts/pretrain_toy.py --family sd3).
+UNET_MODELS = ("tiny", "small", "toy")
+FLOW_MODELS = ("tiny_sd3", "flow", "toy_sd3")
+MODELS = UNET_MODELS + FLOW_MODELS
+DEFAULT_MODELS = ("tiny", "small", "toy", "tiny_sd3")
 METHODS = ("sft", "mapo", "dpo", "dcpo", "inpo")  # the default rows
 TUNINGS = ("full", "lora")
 SOURCES = ("images", "cache")  # the step reads images (VAE + text encoders every step) or the latent cache
@@ -101,6 +123,24 @@ SMALL_UNET = dict(
     use_linear_projection=True,
     addition_embed_type="text_time",
     addition_time_embed_dim=8,
+)
+
+# The "flow" transformer: SD3.5-shaped (joint attention over image and text tokens, a
+# dual-attention first block, RMS qk-norm), about 20M parameters; at 64 px the tiny SD3 VAE gives
+# 32x32x16 latents, i.e. 16x16 = 256 image tokens of patch 2. Text widths are tiny_sd3's: T5 96
+# (joint_attention_dim), pooled CLIP 32 + 48 = 80.
+FLOW_TRANSFORMER = dict(
+    sample_size=SMALL_RESOLUTION // 2,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=8,
+    attention_head_dim=32,
+    num_attention_heads=8,
+    caption_projection_dim=256,  # = heads x head_dim, as in SD3
+    pos_embed_max_size=32,  # in patches per side: room for up to 128 px here
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
 )
 
 
@@ -150,21 +190,48 @@ def small_unet(text_encoders):
     return unet
 
 
+def flow_transformer(text_encoders):
+    """The ~20M-parameter SD3.5-shaped transformer, conditioned like the tiny SD3 text encoders
+    (joint_attention_dim = the T5 width, pooled_projection_dim = the two CLIP projections)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    clip_1, clip_2, t5 = text_encoders
+    torch.manual_seed(SEED)
+    transformer = SD3Transformer2DModel(
+        **FLOW_TRANSFORMER,
+        joint_attention_dim=t5.config.d_model,
+        pooled_projection_dim=clip_1.config.projection_dim + clip_2.config.projection_dim,
+    )
+    transformer.requires_grad_(True)
+    transformer.train()
+    return transformer
+
+
 def load_model(name: str, device):
-    """(parts, resolution): the tiny SDXL parts, with the small UNet swapped in for "small"; the
-    shipped toy_sdxl for "toy";
-    every part on `device` (the recipe moves the UNet there before making the reference)."""
+    """(parts, resolution) of a benchmark model, every part on `device` (the recipe moves the
+    denoiser there before making the reference):
+
+    - "tiny" / "toy": the tiny SDXL parts / the shipped pretrained toy_sdxl; "small": the tiny SDXL
+      parts with the small UNet swapped in (64 px);
+    - "tiny_sd3" / "toy_sd3": the tiny SD3.5-shaped parts / the pretrained toy_sd3 (load_parts
+      raises a clear error when its weights are missing); "flow": the tiny SD3 parts with the
+      flow transformer swapped in (64 px)."""
     from t2i_align.models.loading import load_parts
     from t2i_align.models.tiny import TINY_RESOLUTION
 
-    # "toy": the pretrained toy world model shipped in the package (2.1M-param UNet)
-    parts = load_parts("toy:sdxl" if name == "toy" else "tiny:sdxl")
-    resolution = TINY_RESOLUTION
+    sources = {"tiny": "tiny:sdxl", "small": "tiny:sdxl", "toy": "toy:sdxl",
+               "tiny_sd3": "tiny:sd3", "flow": "tiny:sd3", "toy_sd3": "toy:sd3"}
+    if name not in sources:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    parts = load_parts(sources[name])
+    resolution = TINY_RESOLUTION  # 32 px: the tiny and toy models, both families
     if name == "small":
         parts.unet = small_unet(parts.text_encoders)
         resolution = SMALL_RESOLUTION
-    elif name not in ("tiny", "toy"):
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    elif name == "flow":
+        parts.unet = flow_transformer(parts.text_encoders)
+        resolution = SMALL_RESOLUTION
     parts.unet.to(device)
     parts.vae.to(device)
     for encoder in parts.text_encoders:
@@ -221,16 +288,18 @@ def cache_build_throughput(model: str, pairs: int, device_name: str, folder: Pat
 
 @dataclass
 class Training:
-    """What the recipe sets up before its loop: objective, UNet (+LoRA), reference."""
+    """What the recipe sets up before its loop: objective, denoiser (+LoRA), reference, and the
+    model family whose ``predict`` calls the denoiser (UNet or SD3 transformer)."""
 
     objective: object
     hparams: dict
     per_image_captions: bool  # method.captions == "per_image" (DCPO)
-    unet: object
+    unet: object  # the denoiser: UNet2DConditionModel or SD3Transformer2DModel
     reference: object  # callable or None
-    reference_kind: str  # "none" | "copy" | "adapters_off"
+    reference_kind: str  # "none" | "copy" | "cpu_offload" | "adapters_off"
     trainable: list
     noising: dict  # preference_step's noising keywords (forward, or InPO's inversion settings)
+    family: object  # the family module (t2i_align/families/)
 
 
 def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str = "auto",
@@ -238,6 +307,7 @@ def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str
     """Attention backend, LoRA, reference: the same calls in the same order as run_training."""
     import torch
 
+    from t2i_align.families import get_family
     from t2i_align.models.attention import set_attention_backend
     from t2i_align.models.lora import add_lora
     from t2i_align.models.reference import make_reference
@@ -256,8 +326,10 @@ def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str
     set_attention_backend(unet, "sdpa")
     if use_lora:
         torch.manual_seed(SEED)  # LoRA A matrices are drawn from the global RNG
+        # trainer.lora.target_modules, or (null, the default) the family's LORA_TARGETS, as the recipe
+        targets = tcfg.lora.get("target_modules") or get_family(parts.family).LORA_TARGETS
         add_lora(unet, rank=tcfg.lora.rank, alpha=tcfg.lora.alpha, dropout=tcfg.lora.dropout,
-                 target_modules=tuple(tcfg.lora.target_modules))
+                 target_modules=tuple(targets))
     if "channels_last" in options:  # trainer.channels_last, as the recipe applies it
         unet.to(memory_format=torch.channels_last)
     kind = resolve_reference_strategy("auto" if use_lora else reference, use_lora, objective.needs_reference)
@@ -267,7 +339,7 @@ def setup_training(parts, method: str, tuning: str, tcfg, device, reference: str
         unet.compile()
     trainable = [p for p in unet.parameters() if p.requires_grad]
     return Training(objective, method_hparams(meth, parts.noise_scheduler), meth.get("captions") == "per_image",
-                    unet, reference, kind, trainable, noising)
+                    unet, reference, kind, trainable, noising, get_family(parts.family))
 
 
 # ----------------------------------------------------------------------------------- timing
@@ -389,9 +461,9 @@ def cpu_stall_seconds() -> float | None:
 # ----------------------------------------------------------------------------------- loops
 
 def encode_inputs(parts, batch: dict, training: Training, resolution: int, device, generator) -> dict:
-    """Everything preference_step does before the UNet, with the same calls (keep in step with
+    """Everything preference_step does before the denoiser, with the same calls (keep in step with
     t2i_align/training/step.py): one VAE call for the pair batch, the text conditioning (shared
-    prompt, or per-image captions for DCPO), forward noising or (InPO) DDIM inversion."""
+    prompt, or per-image captions for DCPO), forward noising or (InPO) the family's inversion."""
     import torch
 
     from t2i_align.families import get_family
@@ -427,6 +499,9 @@ def encode_inputs(parts, batch: dict, training: Training, resolution: int, devic
 
 
 def _noise(parts, training: Training, cond: dict, latents_w, latents_l, generator) -> dict:
+    """(x_t, target, t) by the family's forward_pairs (DDPM for the UNets, rectified flow with the
+    default model.flow settings for SD3, as RecipeStep's preference_step call) or InPO's inversion,
+    with the conditioning merged in: the inputs BareStep reads."""
     from t2i_align.families import get_family
 
     if training.noising["noising"] == "inversion":
@@ -439,8 +514,9 @@ def _noise(parts, training: Training, cond: dict, latents_w, latents_l, generato
 
 
 def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, generator):
-    """InPO's noising as preference_step does it: DDIM inversion by the reference (or policy)
-    under no grad, conditioned like the loss pass. Its UNet forwards are compute any InPO
+    """InPO's noising as preference_step does it: the family's inversion (DDIM for the UNets, Euler
+    ODE inversion for SD3) by the reference (or policy)
+    under no grad, conditioned like the loss pass. Its denoiser forwards are compute any InPO
     implementation spends, so the bare loop runs them too."""
     import torch
 
@@ -461,7 +537,11 @@ def invert_pairs(parts, training: Training, cond: dict, latents_w, latents_l, ge
 
 
 class BareStep:
-    """UNet-only step on precomputed inputs: policy fwd + MSE (+ reference fwd) + bwd + AdamW."""
+    """Denoiser-only step on precomputed inputs: policy fwd + MSE (+ reference fwd) + bwd + AdamW.
+
+    Every denoiser call is the family's ``predict`` (only the model call with the family's
+    keyword arguments: UNet positional + added_cond_kwargs, SD3 hidden_states / pooled_projections
+    / timestep) on the precomputed conditioning, which ``inputs`` holds under the family's keys."""
 
     def __init__(self, training: Training, inputs: dict, tcfg):
         import torch
@@ -470,28 +550,31 @@ class BareStep:
         self.optimizer = torch.optim.AdamW(training.trainable, lr=tcfg.lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                            eps=tcfg.adam_eps, weight_decay=tcfg.weight_decay)
 
+    def _predict(self, model):
+        x = self.inputs
+        return self.training.family.predict(model, x["noisy"], x["timesteps"], x)
+
     def _inversion_forwards(self) -> None:
-        """InPO: the K no-grad UNet forwards of the DDIM inversion, on [2B] latents."""
+        """InPO: the K no-grad denoiser forwards of the inversion (DDIM / Euler), on [2B] latents."""
         import torch
 
-        x = self.inputs
         with torch.no_grad():
             for _ in range(self.training.noising["inversion_steps"]):
-                self.training.unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
-                                   added_cond_kwargs=x.get("added_cond_kwargs"))
+                self._predict(self.training.unet)
 
     def _reference_forward(self) -> None:
+        """The reference's no-grad forward: the frozen copy's module (offload hooks included for
+        cpu_offload), or the policy with its adapters disabled."""
         import torch
 
-        kind, x = self.training.reference_kind, self.inputs
+        kind = self.training.reference_kind
         if kind == "none":
             return
         unet = self.training.unet if kind == "adapters_off" else self.training.reference.unet
         with torch.no_grad():
             if kind == "adapters_off":
                 unet.disable_adapters()
-            unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
-                 added_cond_kwargs=x.get("added_cond_kwargs"))
+            self._predict(unet)
             if kind == "adapters_off":
                 unet.enable_adapters()
 
@@ -502,8 +585,7 @@ class BareStep:
         if self.training.noising["noising"] == "inversion":
             self._inversion_forwards()
             clock.mark("inversion")
-        pred = self.training.unet(x["noisy"], x["timesteps"], x["encoder_hidden_states"],
-                                  added_cond_kwargs=x.get("added_cond_kwargs")).sample
+        pred = self._predict(self.training.unet)
         loss = F.mse_loss(pred.float(), x["target"].float())
         self._reference_forward()
         clock.mark("forward")
@@ -641,7 +723,7 @@ def run_row(model: str, method: str, tuning: str, pairs: int, steps: int, warmup
         "model": model, "method": method, "tuning": tuning, "reference": training.reference_kind, "source": source,
         "options": "+".join(options) or "-",
         "pairs": pairs, "resolution": resolution, "latent": list(inputs["noisy"].shape[-2:]),
-        "unet_params_m": unet_params / 1e6,
+        "family": parts.family, "denoiser": type(parts.unet).__name__, "unet_params_m": unet_params / 1e6,
         "trainable_params_m": sum(p.numel() for p in training.trainable) / 1e6,
         "step_s": step_t["median"], "bare_s": bare_t["median"], "ratio": step_t["median"] / bare_t["median"],
         "encode_s": encode_t["median"], "step_min_s": step_t["min"], "bare_min_s": bare_t["min"],
@@ -703,7 +785,8 @@ def markdown_table(rows: list[dict], in_process: bool = False) -> str:
     lines = [f"Median s/step over the timed steps; ratio = s/step / bare s/step. {memory_note(rows, in_process)}.",
              STALL_NOTE,
              "",
-             "InPO: its DDIM inversion (no-grad UNet forwards) is part of the method's bare compute; "
+             "InPO: its inversion (no-grad denoiser forwards: DDIM for the UNets, Euler for SD3) is part of "
+             "the method's bare compute; "
              "'inversion s' times it alone; 'encode s' includes it.",
              "",
              "| model | method | tuning | reference | data | options | s/step | bare s/step | ratio | encode s "
@@ -733,7 +816,8 @@ def phase_table(rows: list[dict]) -> str:
 
 def machine_line(rows: list[dict], args) -> str:
     first = rows[0]
-    models = "; ".join(f"{r['model']}: UNet {r['unet_params_m']:.1f}M params, {r['resolution']} px -> "
+    models = "; ".join(f"{r['model']}: {r.get('denoiser', 'UNet')} {r['unet_params_m']:.1f}M params, "
+                       f"{r['resolution']} px -> "
                        f"{r['latent'][0]}x{r['latent'][1]} latents"
                        for r in {row["model"]: row for row in rows}.values())
     return (f"Machine: torch {first['torch']}, {first['threads']} threads, device {first['device']}, "
@@ -761,6 +845,17 @@ def row_references(method: str, tuning: str, references: list[str]) -> list[str]
     return references
 
 
+def check_models(models: list[str]) -> None:
+    """Fail before any row runs when a pretrained toy model's weights are missing (toy_sd3 is being
+    pretrained separately): resolving "toy:<kind>" raises a clear error naming the folder and the
+    command that makes them."""
+    from t2i_align.models.tiny import resolve_model_path
+
+    for name in models:
+        if name in ("toy", "toy_sd3"):
+            resolve_model_path("toy:sdxl" if name == "toy" else "toy:sd3")
+
+
 def split_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in items if item not in allowed]
@@ -772,7 +867,9 @@ def split_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), type=lambda s: split_list(s, MODELS, "models"))
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), type=lambda s: split_list(s, MODELS, "models"),
+                        help=f"default {','.join(DEFAULT_MODELS)}; also flow (the ~19M-param SD3-shaped "
+                             "transformer, 64 px) and toy_sd3 (needs the pretrained toy_sd3 weights)")
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: split_list(s, METHODS, "methods"))
     parser.add_argument("--tunings", default=",".join(TUNINGS), type=lambda s: split_list(s, TUNINGS, "tunings"))
     parser.add_argument("--sources", default="images,cache", type=lambda s: split_list(s, SOURCES, "sources"),
@@ -781,7 +878,7 @@ def parse_args(argv=None):
                         help="reference strategies of full fine-tuning rows of DPO-family methods "
                              "(auto = copy; LoRA rows always use adapters_off)")
     parser.add_argument("--options", default="", type=lambda s: [o for o in s.split(",") if o],
-                        help="UNet options for every row: compile (trainer.compile), channels_last")
+                        help="denoiser options for every row: compile (trainer.compile), channels_last")
     parser.add_argument("--cache-pairs", type=int, default=32,
                         help="pairs in the cache-build throughput measurement (0: skip it)")
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step (micro-batch size)")
@@ -808,6 +905,7 @@ def main(argv=None) -> list[dict]:
         print(ROW_TAG + json.dumps(row), flush=True)
         return [row]
 
+    check_models(args.models)
     started = time.perf_counter()
     combos = [(m, meth, t, src, ref) for m in args.models for meth in args.methods for t in args.tunings
               for src in args.sources for ref in row_references(meth, t, args.references)]

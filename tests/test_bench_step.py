@@ -1,7 +1,9 @@
-"""Smoke test of scripts/bench_step.py: DPO and InPO with LoRA on the tiny model, in-process, 1 warmup + 1 timed step."""
+"""Smoke tests of scripts/bench_step.py, in-process: DPO and InPO with LoRA on the tiny UNet, cache rows and
+reference strategies, and the flow-matching (sd3 family) rows on the tiny SD3 transformer."""
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,3 +65,43 @@ def test_bench_step_cache_rows_reference_strategies_and_build_throughput(tmp_pat
     assert build[0]["bytes_per_pair"] > 4 * 16 * 16 * 2 * 2  # fp16 mean + std of two 4x16x16 latents, at least
     assert "| tiny | dpo | full | cpu_offload | cache | - |" in printed
     assert "Latent cache build" in printed and "| tiny | 4 |" in printed
+
+
+def test_bench_step_flow_rows_tiny_sd3(tmp_path, capsys):
+    """The sd3 family (SD3Transformer2DModel, rectified flow): DPO full (frozen copy) and LoRA
+    (adapters off, the family's default LoRA targets) from the latent cache, plus the cache build."""
+    bench = load_bench()
+    rows = bench.main(["--models", "tiny_sd3", "--methods", "dpo", "--tunings", "full,lora", "--steps", "1",
+                       "--warmup", "0", "--sources", "cache", "--cache-pairs", "2", "--no-subprocess",
+                       "--json", str(tmp_path / "b.json")])
+    printed = capsys.readouterr().out
+    assert [(r["model"], r["tuning"], r["reference"]) for r in rows] == [
+        ("tiny_sd3", "full", "copy"), ("tiny_sd3", "lora", "adapters_off")]
+    for row in rows:
+        assert row["family"] == "sd3" and row["denoiser"] == "SD3Transformer2DModel"
+        assert math.isfinite(row["step_s"]) and math.isfinite(row["bare_s"]) and row["step_s"] > 0 and row["bare_s"] > 0
+        assert row["ratio"] > 0 and row["latent"] == [16, 16]
+    full, lora = rows
+    assert 0 < lora["trainable_params_m"] < full["trainable_params_m"] == full["unet_params_m"]
+    assert "| tiny_sd3 | dpo | lora | adapters_off | cache | - |" in printed
+    assert "SD3Transformer2DModel" in printed  # the machine line names the denoiser
+    build = json.loads((tmp_path / "b.json").read_text())["cache_build"]
+    assert build[0]["model"] == "tiny_sd3" and build[0]["pairs"] == 2 and build[0]["pairs_per_s"] > 0
+
+
+def test_bench_step_flow_images_row_and_missing_toy_weights(tmp_path, monkeypatch):
+    """An sd3 row on the images source (VAE + CLIP / T5 every step) through run_row; and a missing
+    pretrained toy_sd3 is refused before any row runs, naming the folder."""
+    import pytest
+
+    from t2i_align.errors import InputNotFoundError
+
+    bench = load_bench()
+    row = bench.run_row("tiny_sd3", "sft", "full", pairs=1, steps=1, warmup=0, device_name="cpu", source="images")
+    assert row["reference"] == "none" and row["encode_s"] > 0 and math.isfinite(row["step_s"]) and row["ratio"] > 0
+
+    import t2i_align.toy.model as toy_model
+
+    monkeypatch.setattr(toy_model, "TOY_WEIGHTS", tmp_path / "no_weights")
+    with pytest.raises(InputNotFoundError, match="no_weights"):
+        bench.main(["--models", "toy_sd3", "--methods", "sft", "--no-subprocess"])
