@@ -1,5 +1,5 @@
 """The toy world's learning result (CI-sized): MaPO, DPO and InPO (its default: the frozen reference
-inverts) trained on a toy Pick-Style set built by
+inverts) on toy_sdxl, and MaPO and DPO on toy_sd3 (rectified flow), trained on a toy Pick-Style set built by
 our own builder raise the neon rate on held-out plain prompts well above the base model's, while
 prompt-following (colour, shape) does not collapse.
 
@@ -17,16 +17,16 @@ from tests.training.helpers import make_cfg
 NEON_GAIN = 0.50         # aligned neon rate - base neon rate on held-out plain prompts
 PROMPT_FOLLOWING_DROP = 0.15  # largest allowed drop of the colour rate and of the shape rate
 LEARNERS = ("mapo", "dpo", "inpo")
+FLOW_LEARNERS = ("mapo", "dpo")  # on toy_sd3 (rectified flow, the sd3 family)
 
 
-@pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_learning")
+def _toy_runs(root, model: str, methods) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("T2I_ALIGN_CACHE", str(root / "cache"))
         results = {}
-        for method in LEARNERS:
-            cfg = make_cfg([f"+exp=toy_{method}", "data.build_overrides=['dataset.pairs_per_prompt=3']"])
+        for method in methods:
+            cfg = make_cfg([f"+exp=toy_{method}", f"model={model}",
+                            "data.build_overrides=['dataset.pairs_per_prompt=3']"])
             run_dir = root / method
             final = run_training(cfg, run_dir)
             rows = evaluate_after_training(cfg, final, run_dir)
@@ -34,10 +34,29 @@ def toy_runs(tmp_path_factory):
         return results
 
 
-@pytest.mark.parametrize("method", LEARNERS)
-def test_alignment_raises_the_style_and_keeps_prompt_following(toy_runs, method):
-    rates = toy_runs[method]
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    return _toy_runs(tmp_path_factory.mktemp("toy_learning"), "toy_sdxl", LEARNERS)
+
+
+@pytest.fixture(scope="module")
+def toy_flow_runs(tmp_path_factory):
+    return _toy_runs(tmp_path_factory.mktemp("toy_flow_learning"), "toy_sd3", FLOW_LEARNERS)
+
+
+def _check(rates: dict, method: str) -> None:
     base_neon, aligned_neon = rates[("base", "toy_style")], rates[(method, "toy_style")]
     assert aligned_neon - base_neon >= NEON_GAIN, rates
     for reward in ("toy_colour", "toy_shape"):
         assert rates[(method, reward)] >= rates[("base", reward)] - PROMPT_FOLLOWING_DROP, (reward, rates)
+
+
+@pytest.mark.parametrize("method", LEARNERS)
+def test_alignment_raises_the_style_and_keeps_prompt_following(toy_runs, method):
+    _check(toy_runs[method], method)
+
+
+@pytest.mark.parametrize("method", FLOW_LEARNERS)
+def test_alignment_on_the_flow_model(toy_flow_runs, method):
+    """The same on toy_sd3: MaPO and Diffusion-DPO on velocity errors align a rectified-flow model."""
+    _check(toy_flow_runs[method], method)
