@@ -1,10 +1,11 @@
-"""Model families: everything that differs between SD 1.5 / 2.1 and SDXL (and later the flow
-transformers) sits behind one interface, one module per family.
+"""Model families: everything that differs between SD 1.5 / 2.1, SDXL and the flow transformers
+(SD3 / SD3.5, FLUX.1) sits behind one interface, one module per family.
 
 get_family(name) returns the family's module. The step (training/step.py), the loop
 (training/recipe.py) and the objectives name no family: they call these module-level functions.
 
-What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the two share):
+What each family module provides (sd.py, sdxl.py, sd3.py, flux.py; unet_ddpm.py holds what the two
+UNet families share, guidance.py the model.guidance checks):
 
 - NAME, DENOISER_SUBFOLDER, LORA_PREFIX (the denoiser's folder and LoRA-file prefix), LORA_TARGETS
   (default trainer.lora.target_modules), LORA_KEY_FORMAT ("diffusers" or "peft" key names in LoRA
@@ -14,18 +15,22 @@ What each family module provides (sd.py and sdxl.py; unet_ddpm.py holds what the
   load_text_encoders(source, revision=, variant=, dtype=, with_text_encoders=,
   max_sequence_length=, use_t5=) -> (encoders, tokenizers) (the T5 options refused by families
   without T5), load_denoiser(source, subfolder, **from_pretrained kwargs), check_denoiser(model,
-  where), check_options(time_ids, flow) (the family's model options: model.time_ids, model.flow),
+  where), check_options(time_ids, flow, guidance) (the family's model options: model.time_ids,
+  model.flow, model.guidance; a family refuses the options it has no use for),
   pipeline_class() (the diffusers pipeline for sampling, dataset building and LoRA files),
   sampling_kwargs(pipe) (extra pipeline-call arguments, e.g. SD3's max_sequence_length);
 - text: encode_prompts(captions, text_encoders, tokenizers) -> dict of tensors; TEXT_CACHE
   (cache name -> encode_prompts key: what the latent cache stores); conditioning(text,
   original_sizes_w=, original_sizes_l=, crop_top_left=, with_rejected=, resolution=, time_ids=,
-  device=) -> the denoiser's conditioning;
+  device=, guidance=) -> the denoiser's conditioning (guidance: model.guidance, FLUX.1-dev's
+  guidance embedding);
 - latents: encode_latents(vae, pixels, generator), posterior_latents(mean, std, generator,
   scaling_factor, shift_factor), latent_factors(vae) -> (scaling_factor, shift_factor);
 - forward process and denoiser: forward_pairs(scheduler, latents_w, latents_l, generator,
   prediction_type, flow) -> (x_t, target, t); inversion_pairs(..., predict_fn, ..., num_steps=, eta=,
-  evaluate_at=, flow=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction;
+  evaluate_at=, flow=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction
+  in x_t's [B, C, H, W] layout (a family whose denoiser takes packed tokens, FLUX, packs and
+  unpacks inside); the flow families' t is sigma * 1000 whatever their denoiser takes;
   error_weights(t, flow) -> per-row weights of the errors or None (SD3's loss weighting).
 
 A new family: one module here (registered in FAMILIES), one conf/model file, a tiny model built
@@ -37,11 +42,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from t2i_align.errors import InputError
-from t2i_align.families import sd, sd3, sdxl
+from t2i_align.families import flux, sd, sd3, sdxl
 
-# Detection order: the first family whose claims(model_index) is true (sd3 before sdxl: both have a
-# second text encoder; sd claims any pipeline).
-FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, sdxl.NAME: sdxl, sd.NAME: sd}
+# Detection order: the first family whose claims(model_index) is true (sd3 and flux before sdxl: all
+# three have a second text encoder; sd claims any pipeline).
+FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, flux.NAME: flux, sdxl.NAME: sdxl, sd.NAME: sd}
 
 INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_KEY_FORMAT", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
@@ -50,7 +55,7 @@ INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_
 
 
 def get_family(name) -> ModuleType:
-    """The module of family `name` ("sd", "sdxl"); a family module passes through unchanged."""
+    """The module of family `name` ("sd", "sdxl", "sd3", "flux"); a family module passes through unchanged."""
     if isinstance(name, ModuleType):
         return name
     if name not in FAMILIES:

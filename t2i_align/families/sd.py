@@ -59,7 +59,8 @@ def encode_prompts(captions: list[str], text_encoders: list, tokenizers: list) -
 
 
 def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,
-                 resolution: int, time_ids: str, device) -> dict:
+                 resolution: int, time_ids: str, device, guidance: float | None = None) -> dict:
     """The UNet's conditioning from `text` (encode_prompts' tensors, rows laid out as the latents:
-    chosen, then rejected). The size / crop / time_ids arguments are SDXL's and unused here."""
+    chosen, then rejected). The size / crop / time_ids arguments are SDXL's and unused here;
+    guidance (model.guidance, refused by check_options for this family) too."""
     return {"encoder_hidden_states": text["encoder_hidden_states"].to(device)}

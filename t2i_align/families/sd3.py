@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
+from t2i_align.families.guidance import refuse_guidance
 from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
-from t2i_align.noising.flow import (LOSS_WEIGHTINGS, WEIGHTING_SCHEMES, euler_invert, flow_noise_pairs,
-                                    implied_targets, loss_weighting, sample_u, sigmas_from_table)
+from t2i_align.noising.flow import (check_flow_settings, euler_invert, flow_noise_pairs, implied_targets,
+                                    loss_weighting, sample_u, sigmas_from_table)
 
 NAME = "sd3"
 DENOISER_SUBFOLDER = "transformer"
@@ -59,25 +60,14 @@ def pipeline_class():
 
 def flow_settings(flow: dict | None) -> dict:
     """model.flow over FLOW_DEFAULTS, checked: a clear error for an unknown key or value."""
-    flow = dict(flow or {})
-    unknown = sorted(set(flow) - set(FLOW_DEFAULTS))
-    if unknown:
-        raise InputError(f"model.flow has unknown keys {unknown}; known: {sorted(FLOW_DEFAULTS)}")
-    settings = {**FLOW_DEFAULTS, **flow}
-    if settings["weighting_scheme"] not in WEIGHTING_SCHEMES:
-        raise InputError(f"model.flow.weighting_scheme={settings['weighting_scheme']!r}: choose one of "
-                         f"{WEIGHTING_SCHEMES}")
-    if settings["loss_weighting"] not in LOSS_WEIGHTINGS:
-        raise InputError(f"model.flow.loss_weighting={settings['loss_weighting']!r}: choose one of {LOSS_WEIGHTINGS}")
-    if not float(settings["logit_std"]) > 0:
-        raise InputError(f"model.flow.logit_std must be positive, got {settings['logit_std']}")
-    return settings
+    return check_flow_settings(flow, FLOW_DEFAULTS)
 
 
-def check_options(time_ids: str, flow: dict | None = None) -> None:
+def check_options(time_ids: str, flow: dict | None = None, guidance: float | None = None) -> None:
     """model.flow is checked (flow_settings); SD3 has no micro-conditioning, so model.time_ids is
-    not used (any value is accepted)."""
+    not used (any value is accepted), and no guidance embedding, so model.guidance is refused."""
     flow_settings(flow)
+    refuse_guidance(guidance)
 
 
 def load_scheduler(source: str, revision: str | None):
@@ -174,8 +164,9 @@ def sampling_kwargs(pipe) -> dict:
 
 
 def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,
-                 resolution: int, time_ids: str, device) -> dict:
-    """The transformer's conditioning (rows: chosen, then rejected); sizes / time ids unused."""
+                 resolution: int, time_ids: str, device, guidance: float | None = None) -> dict:
+    """The transformer's conditioning (rows: chosen, then rejected); sizes / time ids unused, and
+    guidance (model.guidance: SD3 has no guidance embedding) is refused by check_options."""
     return {"encoder_hidden_states": text["encoder_hidden_states"].to(device),
             "pooled_projections": text["pooled_projections"].to(device)}
 

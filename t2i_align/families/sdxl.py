@@ -128,10 +128,11 @@ def pair_time_ids(mode: str, original_sizes_w, original_sizes_l, crop_top_left, 
 
 
 def conditioning(text: dict, *, original_sizes_w, original_sizes_l, crop_top_left, with_rejected: bool,
-                 resolution: int, time_ids: str, device) -> dict:
+                 resolution: int, time_ids: str, device, guidance: float | None = None) -> dict:
     """The UNet's conditioning from `text` (encode_prompts' tensors, rows laid out as the latents:
     chosen, then rejected): hidden states, and added_cond_kwargs with the pooled embedding and
-    the add_time_ids of ``pair_time_ids`` (fixed, or each image's original size and the pair's crop)."""
+    the add_time_ids of ``pair_time_ids`` (fixed, or each image's original size and the pair's crop).
+    guidance (model.guidance) is refused by check_options for this family."""
     ids = pair_time_ids(time_ids, original_sizes_w, original_sizes_l, crop_top_left, resolution, with_rejected)
     return {"encoder_hidden_states": text["encoder_hidden_states"].to(device),
             "added_cond_kwargs": {"text_embeds": text["text_embeds"].to(device), "time_ids": ids.to(device)}}

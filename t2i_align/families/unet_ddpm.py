@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from t2i_align.errors import InputError
+from t2i_align.families.guidance import refuse_guidance
 from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (re-exported)
 from t2i_align.noising.ddim_inversion import inversion_noise_pairs
 from t2i_align.noising.forward import forward_noise_pairs
@@ -30,21 +31,23 @@ TIME_IDS = ("fixed", "original")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def check_options(time_ids: str, flow: dict | None = None) -> None:
-    """Refuse a model option this family does not know: a bad model.time_ids, or model.flow (the
-    sigma sampling and loss weighting of rectified-flow families; UNet families use DDPM noising)."""
+def check_options(time_ids: str, flow: dict | None = None, guidance: float | None = None) -> None:
+    """Refuse a model option this family does not know: a bad model.time_ids, model.flow (the
+    sigma sampling and loss weighting of rectified-flow families; UNet families use DDPM noising),
+    or model.guidance (the guidance embedding of guidance-distilled transformers)."""
+    refuse_guidance(guidance)
     if time_ids not in TIME_IDS:
         raise InputError(f"model.time_ids={time_ids!r}: choose one of {TIME_IDS}")
     if flow:
-        raise InputError(f"model.flow ({', '.join(flow)}) applies to rectified-flow families (sd3); this UNet family "
-                         "trains with DDPM noising: remove model.flow")
+        raise InputError(f"model.flow ({', '.join(flow)}) applies to rectified-flow families (sd3, flux); this UNet "
+                         "family trains with DDPM noising: remove model.flow")
 
 
 def check_text_options(max_sequence_length, use_t5: bool) -> None:
     """model.max_sequence_length / model.use_t5 are T5 options: UNet families have no T5."""
     if max_sequence_length is not None or not use_t5:
-        raise InputError("model.max_sequence_length and model.use_t5 apply to families with a T5 encoder (sd3); "
-                         "this UNet family has CLIP encoders only: remove them")
+        raise InputError("model.max_sequence_length and model.use_t5 apply to families with a T5 encoder "
+                         "(sd3, flux); this UNet family has CLIP encoders only: remove them")
 
 
 def load_scheduler(source: str, revision: str | None):

@@ -25,7 +25,8 @@ from t2i_align.errors import InputError
 
 TINY_VERSION = "v1"  # bump whenever the tiny architectures or seeds change (new cache folder)
 TINY_RESOLUTION = 32  # pixel size the tiny models are built for (16x16 latents)
-TINY_KINDS = ("sdxl", "sd21", "sd15", "sd3")  # sd3: SD3.5-shaped, see tiny_sd3.py
+# sd3: SD3.5-shaped (tiny_sd3.py); flux: FLUX.1-dev-shaped (tiny_flux.py)
+TINY_KINDS = ("sdxl", "sd21", "sd15", "sd3", "flux")
 TINY_PREFIX = "tiny:"
 
 _SEED = 0
@@ -139,7 +140,8 @@ def _scheduler(kind: str):
 
 def build_tiny_pipeline(kind: str):
     """Build a tiny random-weight pipeline: ``"sdxl"``, ``"sd21"`` (v-prediction), ``"sd15"`` or
-    ``"sd3"`` (a StableDiffusion3Pipeline shaped like SD3.5, built by tiny_sd3.py).
+    ``"sd3"`` (a StableDiffusion3Pipeline shaped like SD3.5, built by tiny_sd3.py) or ``"flux"`` (a
+    FluxPipeline shaped like FLUX.1-dev, built by tiny_flux.py).
 
     Returns a ``StableDiffusionXLPipeline`` (sdxl) or ``StableDiffusionPipeline`` (sd21 /
     sd15, no safety checker). Weights are identical on every call (each part is built right
@@ -152,6 +154,10 @@ def build_tiny_pipeline(kind: str):
         from .tiny_sd3 import build_tiny_sd3_pipeline
 
         return build_tiny_sd3_pipeline()
+    if kind == "flux":
+        from .tiny_flux import build_tiny_flux_pipeline
+
+        return build_tiny_flux_pipeline()
     with torch.random.fork_rng(devices=[]):
         unet = _unet(kind)
         if kind == "sdxl":

@@ -36,6 +36,27 @@ WEIGHTING_SCHEMES = ("uniform", "logit_normal", "mode")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
 
+def check_flow_settings(flow: dict | None, defaults: dict) -> dict:
+    """model.flow over a family's `defaults`, checked: a clear error for an unknown key or value
+    (the weighting scheme, the loss weighting, a positive logit_std, true / false switches)."""
+    flow = dict(flow or {})
+    unknown = sorted(set(flow) - set(defaults))
+    if unknown:
+        raise InputError(f"model.flow has unknown keys {unknown}; known: {sorted(defaults)}")
+    settings = {**defaults, **flow}
+    if settings["weighting_scheme"] not in WEIGHTING_SCHEMES:
+        raise InputError(f"model.flow.weighting_scheme={settings['weighting_scheme']!r}: choose one of "
+                         f"{WEIGHTING_SCHEMES}")
+    if settings["loss_weighting"] not in LOSS_WEIGHTINGS:
+        raise InputError(f"model.flow.loss_weighting={settings['loss_weighting']!r}: choose one of {LOSS_WEIGHTINGS}")
+    if not float(settings["logit_std"]) > 0:
+        raise InputError(f"model.flow.logit_std must be positive, got {settings['logit_std']}")
+    for key, default in defaults.items():
+        if isinstance(default, bool) and not isinstance(settings[key], bool):
+            raise InputError(f"model.flow.{key} must be true or false, got {settings[key]!r}")
+    return settings
+
+
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3's static shift: shift * sigma / (1 + (shift - 1) * sigma)."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)

@@ -242,7 +242,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     family = get_family(parts.family)
     time_ids = m_cfg.get("time_ids", "fixed")
     flow = flow_options(m_cfg)
-    family.check_options(time_ids, flow)
+    guidance = m_cfg.get("guidance")
+    family.check_options(time_ids, flow, guidance)
     noising_args = {"noising": meth.noising}
     if meth.noising == "inversion":
         inv = meth.inversion
@@ -347,7 +348,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                         objective_hparams=hparams, generator=generator,
                         caption_dropout=t_cfg.caption_dropout, resolution=resolution,
                         device=device, autocast=accelerator.autocast,
-                        per_image_captions=per_image_captions, time_ids=time_ids, flow=flow, **noising_args)
+                        per_image_captions=per_image_captions, time_ids=time_ids, flow=flow, guidance=guidance,
+                        **noising_args)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at step {step + 1} (micro-batch {micro}, dataset rows "

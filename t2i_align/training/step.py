@@ -22,12 +22,13 @@ def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
 
 def build_conditioning(captions_w: list[str], captions_l: list[str] | None, text_encoders,
                        tokenizers, family, original_sizes_w, original_sizes_l, crop_top_left,
-                       resolution: int, device, time_ids: str = "fixed") -> dict:
+                       resolution: int, device, time_ids: str = "fixed", guidance: float | None = None) -> dict:
     """The denoiser's conditioning for the chosen images, then the rejected ones (when captions_l
     is given), made by the family (a name or module) from the encoded captions.
 
     Shared captions are encoded once and repeated. Sizes, crop corner and time_ids feed the
     families whose denoiser takes micro-conditioning (add_time_ids); the others ignore them.
+    guidance (model.guidance) feeds the families whose denoiser has a guidance embedding.
     """
     fam = get_family(family)
     if captions_l is None:
@@ -38,11 +39,12 @@ def build_conditioning(captions_w: list[str], captions_l: list[str] | None, text
         text = fam.encode_prompts(captions_w + captions_l, text_encoders, tokenizers)
     return fam.conditioning(text, original_sizes_w=original_sizes_w, original_sizes_l=original_sizes_l,
                             crop_top_left=crop_top_left, with_rejected=captions_l is not None,
-                            resolution=resolution, time_ids=time_ids, device=device)
+                            resolution=resolution, time_ids=time_ids, device=device, guidance=guidance)
 
 
 def cached_conditioning(batch: dict, drop: torch.Tensor | None, uses_rejected: bool, per_image_captions: bool,
-                        family, resolution: int, device, time_ids: str = "fixed") -> dict:
+                        family, resolution: int, device, time_ids: str = "fixed",
+                        guidance: float | None = None) -> dict:
     """The denoiser's conditioning from cached text embeddings (the family's TEXT_CACHE tensors),
     laid out as build_conditioning's: chosen rows, then rejected rows. Dropped captions take the
     cached embedding of the empty prompt."""
@@ -64,7 +66,8 @@ def cached_conditioning(batch: dict, drop: torch.Tensor | None, uses_rejected: b
         text = {key: torch.cat([value, text_l[key]]) for key, value in text.items()}
     return fam.conditioning(text, original_sizes_w=batch["original_sizes_w"],
                             original_sizes_l=batch["original_sizes_l"], crop_top_left=batch["crop_top_left"],
-                            with_rejected=uses_rejected, resolution=resolution, time_ids=time_ids, device=device)
+                            with_rejected=uses_rejected, resolution=resolution, time_ids=time_ids, device=device,
+                            guidance=guidance)
 
 
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,7 +82,8 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
                     inversion_steps: int = 10, inversion_eta: float = 0.0,
                     inversion_model: str = "reference",
                     inversion_evaluate_at: str = "destination",
-                    time_ids: str = "fixed", flow: dict | None = None) -> tuple[torch.Tensor, dict]:
+                    time_ids: str = "fixed", flow: dict | None = None,
+                    guidance: float | None = None) -> tuple[torch.Tensor, dict]:
     """Loss and metrics for one micro-batch of pairs (batch from data.collate_pairs).
 
     per_image_captions: condition x_w on captions_w and x_l on captions_l (DCPO) instead of
@@ -91,7 +95,9 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
     by the policy under no grad as released, with the model evaluated at each step's
     `inversion_evaluate_at` level; noising/ddim_inversion.py says why the reference is the
     default), with the same conditioning as the loss pass. flow: the rectified-flow families'
-    sigma sampling and loss weighting (model.flow), passed to the family unread.
+    sigma sampling and loss weighting (model.flow), passed to the family unread. guidance: the
+    guidance-embedding value of guidance-distilled transformers (model.guidance), passed to the
+    family's conditioning unread.
     """
     fam = get_family(family)
     uses_rejected = objective.uses_rejected
@@ -112,7 +118,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
     drop = rand(num_pairs, generator) < caption_dropout if caption_dropout > 0 else None
     if cached:
         cond = cached_conditioning(batch, drop, uses_rejected, per_image_captions, fam, resolution, device,
-                                   time_ids)
+                                   time_ids, guidance)
     else:
         if per_image_captions:  # DCPO: each image conditioned on its own caption
             captions_w, captions_l = list(batch["captions_w"]), list(batch["captions_l"])
@@ -122,7 +128,7 @@ def preference_step(batch: dict, *, unet, reference, vae, text_encoders, tokeniz
             captions_w, captions_l = drop_captions(captions_w, drop), drop_captions(captions_l, drop)
         cond = build_conditioning(captions_w, captions_l if uses_rejected else None, text_encoders,
                                   tokenizers, fam, batch["original_sizes_w"], batch["original_sizes_l"],
-                                  batch["crop_top_left"], resolution, device, time_ids)
+                                  batch["crop_top_left"], resolution, device, time_ids, guidance)
 
     if noising == "forward":
         noisy, target, timesteps = fam.forward_pairs(noise_scheduler, latents_w, latents_l, generator,

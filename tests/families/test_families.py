@@ -13,8 +13,8 @@ from t2i_align.errors import InputError
 from t2i_align.families import FAMILIES, INTERFACE, detect_family, get_family
 
 PACKAGE = Path(__file__).resolve().parents[2] / "t2i_align"
-TINY = {"sdxl": "sdxl", "sd": "sd21", "sd3": "sd3"}  # family -> tiny model kind
-UNET_FAMILIES = ["sd", "sdxl"]  # DDPM families (sd3: tests/families/test_sd3.py)
+TINY = {"sdxl": "sdxl", "sd": "sd21", "sd3": "sd3", "flux": "flux"}  # family -> tiny model kind
+UNET_FAMILIES = ["sd", "sdxl"]  # DDPM families (sd3, flux: tests/families/test_sd3.py, test_flux.py)
 
 
 def ddpm(prediction_type):
@@ -23,8 +23,8 @@ def ddpm(prediction_type):
 
 
 def test_registry_refuses_an_unknown_family_naming_the_known_ones():
-    with pytest.raises(InputError, match=r"unknown model family 'flux'; choose one of sd3, sdxl, sd$"):
-        get_family("flux")
+    with pytest.raises(InputError, match=r"unknown model family 'sd4'; choose one of sd3, flux, sdxl, sd$"):
+        get_family("sd4")
     assert get_family("sd") is get_family(get_family("sd"))  # a family module passes through
 
 
@@ -43,13 +43,21 @@ def test_detection_from_model_index():
     assert detect_family({"_class_name": "StableDiffusionPipeline", "text_encoder_2": [None, None]}) == "sd"
     assert detect_family({"_class_name": "StableDiffusion3Pipeline",
                           "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}) == "sd3"
+    # FLUX.1 has a second text encoder (T5) too: it must be claimed before sdxl
+    flux_index = {"_class_name": "FluxPipeline", "text_encoder_2": ["transformers", "T5EncoderModel"],
+                  "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    assert detect_family(flux_index) == "flux"
+    assert detect_family({**flux_index, "_class_name": "SomeFluxVariant"}) == "flux"  # by its transformer
+    assert detect_family({"_class_name": "Flux2Pipeline", "text_encoder": ["transformers", "Mistral3Model"],
+                          "transformer": ["diffusers", "Flux2Transformer2DModel"]}) != "flux"
 
 
 def test_pipeline_classes():
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     assert get_family("sd").pipeline_class() is StableDiffusionPipeline
     assert get_family("sdxl").pipeline_class() is StableDiffusionXLPipeline
+    assert get_family("flux").pipeline_class() is FluxPipeline
 
 
 @pytest.mark.parametrize("name", UNET_FAMILIES)

@@ -82,7 +82,9 @@ def test_not_a_pipeline_folder(tiny_dirs, tmp_path):
 
 
 def test_family_errors(tiny_dirs):
-    with pytest.raises(ValueError, match="unknown model family 'flux'"):
+    with pytest.raises(ValueError, match="unknown model family 'sd4'"):
+        load_parts("tiny:sd15", family="sd4")
+    with pytest.raises(FileNotFoundError, match="not a complete diffusers flux pipeline folder: missing subfolder"):
         load_parts("tiny:sd15", family="flux")
     with pytest.raises(FileNotFoundError, match="not a complete diffusers sd3 pipeline folder: missing subfolder"):
         load_parts("tiny:sd15", family="sd3")

@@ -41,7 +41,7 @@ def test_bad_arguments(sdxl_pipe):
     with pytest.raises(ValueError, match="sdxl needs 2 text encoders"):
         encode_prompts(["a"], [pipe.text_encoder], [pipe.tokenizer], "sdxl")
     with pytest.raises(ValueError, match="unknown model family"):
-        encode_prompts(["a"], [pipe.text_encoder], [pipe.tokenizer], "flux")
+        encode_prompts(["a"], [pipe.text_encoder], [pipe.tokenizer], "sd4")
     with pytest.raises(TypeError, match="list of captions"):
         encode_prompts("a", [pipe.text_encoder], [pipe.tokenizer], "sd")
 
