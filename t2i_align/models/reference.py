@@ -33,6 +33,18 @@ def has_adapters(unet) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in unet.modules())
 
 
+# Call arguments a low-precision copy still gets in float32: the flow families' float timesteps
+# (SD3's sigma x 1000 has a resolution of 4 in bf16 between 512 and 1024, so the reference would see
+# another timestep than the policy under autocast), FLUX's guidance and position ids. The models
+# cast their own time / guidance embeddings to their weights' dtype.
+FLOAT32_ARGUMENTS = ("timestep", "guidance", "img_ids", "txt_ids")
+
+
+def _cast_call(kwargs: dict, dtype) -> dict:
+    """The keyword arguments of a denoiser call cast as _cast does, FLOAT32_ARGUMENTS excepted."""
+    return {k: v if k in FLOAT32_ARGUMENTS else _cast(v, dtype) for k, v in kwargs.items()}
+
+
 def _cast(value, dtype):
     """`value` (a tensor, or tuples / lists / dicts of them) with floating tensors cast to `dtype`
     (None: unchanged); integer tensors (DDPM timesteps) stay as they are."""
@@ -71,7 +83,7 @@ class CopyReference:
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         """The frozen copy's prediction for the denoiser's own call (a family's predict), with
         floating tensors cast to the copy's dtype; returned in float32."""
-        out = self.unet(*_cast(args, self.dtype), return_dict=False, **_cast(kwargs, self.dtype))[0]
+        out = self.unet(*_cast(args, self.dtype), return_dict=False, **_cast_call(kwargs, self.dtype))[0]
         return out.float()
 
 

@@ -104,3 +104,30 @@ def test_strategy_errors():
     add_lora(unet, rank=2)
     with pytest.raises(ValueError, match="use 'adapters_off'"):
         make_reference(unet, "copy")
+
+
+def test_low_precision_copy_keeps_float_timesteps_in_float32():
+    """A bf16 reference copy gets the latents in bf16 but the flow families' float timesteps (and
+    FLUX's guidance / ids) in float32: bf16 would round SD3's 748.3 to 748, another timestep than
+    the policy sees under autocast."""
+    import torch
+
+    from t2i_align.models.reference import CopyReference
+
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, hidden_states, timestep, guidance=None, return_dict=False):
+            seen.update(hidden=hidden_states.dtype, timestep=timestep.dtype, guidance=guidance.dtype,
+                        value=timestep.item())
+            return (hidden_states * self.weight,)
+
+    reference = CopyReference(Recorder(), dtype=torch.bfloat16)
+    out = reference(hidden_states=torch.ones(1, 2), timestep=torch.tensor(748.3), guidance=torch.tensor(3.5))
+    assert seen["hidden"] == torch.bfloat16 and out.dtype == torch.float32
+    assert seen["timestep"] == torch.float32 and seen["guidance"] == torch.float32
+    assert abs(seen["value"] - 748.3) < 1e-3
