@@ -236,6 +236,12 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
     from t2i_align.models.tiny import resolve_model_path
 
     base = resolve_model_path(base)
+    if family is None and os.path.isdir(base):  # a local folder says its family (a trained transformer needs it)
+        from diffusers import DiffusionPipeline
+
+        from t2i_align.families import detect_family
+
+        family = detect_family(DiffusionPipeline.load_config(base))
     kwargs = {**dtype_argument(dtype), "revision": revision, "variant": variant}
     if unet is not None:  # the trained denoiser (a UNet, or a transformer for the flow families)
         name = "unet"

@@ -32,3 +32,12 @@ def test_toy_sd3_loads_with_diffusers_and_follows_prompts():
     neon_with_plain_prefix, colour_plain = rates["plain style: "]
     assert neon_with_neon_prefix >= 0.8 and neon_with_plain_prefix <= 0.1  # the prefix selects the style
     assert colour_plain >= 0.8  # chance is 0.25
+
+
+def test_load_pipeline_detects_the_family_of_a_local_base():
+    """Without model.family, a trained transformer folder on toy:sd3 loads as SD3 (not as a UNet)."""
+    from t2i_align.evaluation.sampling import load_pipeline
+    from t2i_align.models.tiny import resolve_model_path
+
+    pipe = load_pipeline("toy:sd3", unet=resolve_model_path("toy:sd3"))
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline"
