@@ -108,6 +108,8 @@ def _override_location(path: str, subfolder: str, what: str) -> tuple[str, str |
         return str(root), None
     if (root / subfolder / "config.json").is_file():
         return str(root), subfolder
+    if (root / "unet" / "config.json").is_file() and (root / "trainer_state.json").is_file():
+        return str(root), "unet"  # a training checkpoint keeps the denoiser in unet/ for every family
     raise InputNotFoundError(
         f"{what} path {path} holds neither config.json nor {subfolder}/config.json "
         f"(expected a diffusers {what} folder or a pipeline folder with a {subfolder}/ subfolder)"

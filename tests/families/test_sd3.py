@@ -96,7 +96,11 @@ def test_sd3_runs_evaluate_through_the_families_pipeline(tmp_path):
     """A trained transformer folder and a LoRA run load through evaluation's load_pipeline."""
     from t2i_align.evaluation.sampling import load_pipeline
 
-    _, full = train(tmp_path / "full", SD3 + ["data=generated", "method=sft"])
+    run_dir, full = train(tmp_path / "full", SD3 + ["data=generated", "method=sft", "trainer.checkpoint_every=1"])
+    from t2i_align.evaluation.checkpoints import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run_dir / "checkpoints" / "step_1")  # the denoiser sits in unet/ there
+    assert type(load_pipeline("tiny:sd3", family="sd3", unet=checkpoint["unet"])).__name__ == "StableDiffusion3Pipeline"
     _, lora = train(tmp_path / "lora", SD3 + ["data=generated", "method=sft", "trainer.lora.enabled=true"])
     for kwargs in ({"unet": str(full)}, {"lora": str(lora)}):
         pipe = load_pipeline("tiny:sd3", family="sd3", **kwargs)
