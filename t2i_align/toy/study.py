@@ -47,10 +47,11 @@ GRID = {
 GRID_FLOW = {
     "sft": [{"lr": 2e-5}, {"lr": 5e-5}],
     "mapo": [{"lr": 2e-5}, {"lr": 5e-5}],
-    "dpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 500, 5000)],
-    "dcpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 500)],
-    "inpo": [{"lr": 2e-5, "beta": b} for b in (5, 50, 5000)],
+    "dpo": [{"lr": 2e-5, "beta": b} for b in (0.5, 1, 2, 5, 50, 5000)],
+    "dcpo": [{"lr": 2e-5, "beta": b} for b in (1, 5, 500)],
+    "inpo": [{"lr": 2e-5, "beta": b} for b in (1, 5, 5000)],
 }
+FLOW_SEEDS = (0, 1)  # the flow study's default training seeds (--seeds)
 TOY_MODELS = {"toy_sdxl": "toy:sdxl", "toy_sd3": "toy:sd3"}  # conf/model name -> model path
 SEEDS = (0, 1, 2)
 STEPS = 200  # the embedded default trains 300; 200 keeps the 66-run study near an hour on 2 cores
@@ -232,7 +233,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="default results/toy_study (toy_sdxl), results/toy_study_sd3")
     parser.add_argument("--levels", default=None, help="default low,high (toy_sdxl), low (toy_sd3)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--seeds", default=None, help="default 0,1,2 (toy_sdxl), 0,1 (toy_sd3)")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads torch threads)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
@@ -241,6 +242,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     flow = args.model == "toy_sd3"
     args.levels = args.levels or ("low" if flow else "low,high")
+    args.seeds = args.seeds or ",".join(map(str, FLOW_SEEDS if flow else SEEDS))
     out = Path(args.out or ROOT / "results" / ("toy_study_sd3" if flow else "toy_study"))
     model_path = TOY_MODELS[args.model]
     levels, methods = args.levels.split(","), args.methods.split(",")
