@@ -31,6 +31,7 @@ from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, save_lora
+from t2i_align.models.quantization import check_quantize_base, compute_dtype, trainable_to_fp32
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
 from t2i_align.training.checkpoint import (CheckpointContents, find_resume_checkpoint, load_checkpoint,
@@ -180,6 +181,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     t_cfg, m_cfg, d_cfg, meth = cfg.trainer, cfg.model, cfg.data, cfg.method
     objective = get_objective(meth.objective)
     use_lora = bool(t_cfg.lora.enabled)
+    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+    quantize_base = t_cfg.get("quantize_base")
+    check_quantize_base(quantize_base, use_lora, ref_strategy)  # before any data or model is loaded
 
     accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and t_cfg.grad_accum > 1:
@@ -215,7 +219,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     # Models (a finished latent cache needs neither VAE nor text encoders)
     parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
                        unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant,
-                       with_vae=not cache_ready, with_text_encoders=not cache_ready, **text_options(m_cfg))
+                       with_vae=not cache_ready, with_text_encoders=not cache_ready, **text_options(m_cfg),
+                       quantize_base=quantize_base, compute_dtype=compute_dtype(t_cfg.mixed_precision))
     unet = parts.unet
     set_attention_backend(unet, m_cfg.attention)
     if t_cfg.gradient_checkpointing:
@@ -226,12 +231,14 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         targets = t_cfg.lora.get("target_modules") or get_family(parts.family).LORA_TARGETS
         add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
                  target_modules=tuple(targets))
-    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+        if quantize_base:
+            trainable_to_fp32(unet)  # LoRA over a base loaded in the compute dtype: fp32 master weights
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
     # Made while the UNet is still in CPU RAM, so an offloaded copy never visits the device.
     ref_dtype = weight_dtype if ref_strategy in ("copy", "cpu_offload") and weight_dtype != torch.float32 else None
     reference = make_reference(unet, ref_strategy, dtype=ref_dtype, device=device)
-    unet.to(device)
+    if not quantize_base:  # a bitsandbytes model is loaded onto this process's GPU (cuda:current_device)
+        unet.to(device)
     if t_cfg.get("compile"):
         unet.compile()  # in place (nn.Module.compile): state dicts, LoRA and checkpoints are unchanged
     if parts.vae is not None:
