@@ -160,9 +160,9 @@ def load_parts(
     UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
     UNet in train mode with all parameters trainable (frozen when quantised). What differs
-    between families (text encoders, the denoiser class and its check, the training scheduler: a ``DDPMScheduler``
-    built from the pipeline's scheduler config for the UNet families, ``prediction_type`` read
-    from it) is the family module's (t2i_align/families/).
+    between families (text encoders, the denoiser class and its check, the training scheduler:
+    a ``DDPMScheduler`` built from the pipeline's scheduler config for the UNet families,
+    ``prediction_type`` read from it) is the family module's (t2i_align/families/).
     """
     from diffusers import AutoencoderKL
 
