@@ -139,6 +139,8 @@ def load_parts(
     with_text_encoders: bool = True,
     max_sequence_length: int | None = None,
     use_t5: bool = True,
+    quantize_base: str | None = None,
+    compute_dtype=torch.bfloat16,
 ) -> DiffusionParts:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and a training DDPMScheduler.
 
@@ -153,13 +155,16 @@ def load_parts(
         cache needs neither); ``vae`` is then None and ``text_encoders`` empty.
     max_sequence_length / use_t5: the T5 families' text options (model.max_sequence_length,
         model.use_t5); families without T5 refuse values other than the defaults.
+    quantize_base / compute_dtype: "nf4" or "int8" loads the denoiser quantised by bitsandbytes
+        (trainer.quantize_base, models/quantization.py), its unquantised leftovers in
+        compute_dtype and then fp32, and FROZEN (LoRA trains on top); None: as below.
 
     UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
-    UNet in train mode with all parameters trainable. What differs between families (text
-    encoders, the denoiser class and its check, the training scheduler: a ``DDPMScheduler``
-    built from the pipeline's scheduler config for the UNet families, ``prediction_type`` read
-    from it) is the family module's (t2i_align/families/).
+    UNet in train mode with all parameters trainable (frozen when quantised). What differs
+    between families (text encoders, the denoiser class and its check, the training scheduler:
+    a ``DDPMScheduler`` built from the pipeline's scheduler config for the UNet families,
+    ``prediction_type`` read from it) is the family module's (t2i_align/families/).
     """
     from diffusers import AutoencoderKL
 
@@ -194,13 +199,23 @@ def load_parts(
     else:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **dtype_argument(torch.float32), **weights)
 
+    denoiser = dtype_argument(torch.float32)
+    if quantize_base is not None:
+        from .quantization import bnb_config
+
+        denoiser = dict(quantization_config=bnb_config(quantize_base, compute_dtype), **dtype_argument(compute_dtype))
     if unet_path is not None:
         unet_src, unet_sub = _override_location(unet_path, "unet", "UNet")
-        unet = fam.load_denoiser(unet_src, unet_sub, **dtype_argument(torch.float32))
+        unet = fam.load_denoiser(unet_src, unet_sub, **denoiser)
     else:
-        unet = fam.load_denoiser(source, fam.DENOISER_SUBFOLDER, **dtype_argument(torch.float32), **weights)
+        unet = fam.load_denoiser(source, fam.DENOISER_SUBFOLDER, **denoiser, **weights)
     _check_unet_family(unet, family, unet_path or source)
-    unet.requires_grad_(True)
+    if quantize_base is not None:
+        from .quantization import prepare_quantized
+
+        prepare_quantized(unet)  # frozen; integer weights cannot require grad
+    else:
+        unet.requires_grad_(True)
     unet.train()
 
     return DiffusionParts(

@@ -31,6 +31,7 @@ from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, save_lora
+from t2i_align.models.quantization import check_quantize_base, compute_dtype, trainable_to_fp32
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
 from t2i_align.training.checkpoint import (CheckpointContents, find_resume_checkpoint, load_checkpoint,
@@ -70,6 +71,18 @@ def build_accelerator(mixed_precision: str, logger: str, run_dir: Path) -> Accel
     # independent single-process runs); with CUDA accelerate picks the GPUs as usual.
     return Accelerator(mixed_precision=mixed_precision, log_with=log_with, cpu=not torch.cuda.is_available(),
                        project_dir=str(run_dir), step_scheduler_with_optimizer=False)
+
+
+def place_text_encoders(encoders: list, device, dtype, on_cpu: bool = False) -> torch.device:
+    """Move the frozen text encoders to `device` in `dtype`, or (on_cpu: trainer.text_encoders_on_cpu)
+    keep them in CPU RAM in `dtype`: they then encode each batch's captions on the CPU and the
+    family's conditioning moves the embeddings to the training device (device memory saved: T5-XXL
+    is 4.8B parameters, 9.5 GB in bf16; paid for with CPU time every step unless the latent cache,
+    which needs no encoder at all once built, is used). Returns where the encoders are."""
+    where = torch.device("cpu") if on_cpu else torch.device(device)
+    for encoder in encoders:
+        encoder.to(where, dtype=dtype)
+    return where
 
 
 def micro_batches(dataloader, dataset, position: dict, accelerator):
@@ -180,6 +193,9 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     t_cfg, m_cfg, d_cfg, meth = cfg.trainer, cfg.model, cfg.data, cfg.method
     objective = get_objective(meth.objective)
     use_lora = bool(t_cfg.lora.enabled)
+    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+    quantize_base = t_cfg.get("quantize_base")
+    check_quantize_base(quantize_base, use_lora, ref_strategy)  # before any data or model is loaded
 
     accelerator = build_accelerator(t_cfg.mixed_precision, cfg.logger.name, run_dir)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and t_cfg.grad_accum > 1:
@@ -215,7 +231,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     # Models (a finished latent cache needs neither VAE nor text encoders)
     parts = load_parts(m_cfg.path, family=m_cfg.family, vae_path=m_cfg.vae_path,
                        unet_path=m_cfg.unet_path, revision=m_cfg.revision, variant=m_cfg.variant,
-                       with_vae=not cache_ready, with_text_encoders=not cache_ready, **text_options(m_cfg))
+                       with_vae=not cache_ready, with_text_encoders=not cache_ready, **text_options(m_cfg),
+                       quantize_base=quantize_base, compute_dtype=compute_dtype(t_cfg.mixed_precision))
     unet = parts.unet
     set_attention_backend(unet, m_cfg.attention)
     if t_cfg.gradient_checkpointing:
@@ -226,18 +243,19 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         targets = t_cfg.lora.get("target_modules") or get_family(parts.family).LORA_TARGETS
         add_lora(unet, rank=t_cfg.lora.rank, alpha=t_cfg.lora.alpha, dropout=t_cfg.lora.dropout,
                  target_modules=tuple(targets))
-    ref_strategy = resolve_reference_strategy(t_cfg.reference, use_lora, objective.needs_reference)
+        if quantize_base:
+            trainable_to_fp32(unet)  # LoRA over a base loaded in the compute dtype: fp32 master weights
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
     # Made while the UNet is still in CPU RAM, so an offloaded copy never visits the device.
     ref_dtype = weight_dtype if ref_strategy in ("copy", "cpu_offload") and weight_dtype != torch.float32 else None
     reference = make_reference(unet, ref_strategy, dtype=ref_dtype, device=device)
-    unet.to(device)
+    if not quantize_base:  # a bitsandbytes model is loaded onto this process's GPU (cuda:current_device)
+        unet.to(device)
     if t_cfg.get("compile"):
         unet.compile()  # in place (nn.Module.compile): state dicts, LoRA and checkpoints are unchanged
     if parts.vae is not None:
         parts.vae.to(device) if vae_dtype == torch.float32 else parts.vae.to(device, dtype=vae_dtype)
-    for encoder in parts.text_encoders:
-        encoder.to(device, dtype=weight_dtype)
+    place_text_encoders(parts.text_encoders, device, weight_dtype, on_cpu=bool(t_cfg.get("text_encoders_on_cpu")))
 
     family = get_family(parts.family)
     time_ids = m_cfg.get("time_ids", "fixed")
