@@ -245,9 +245,12 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
             name = get_family(family).DENOISER_SUBFOLDER
         src, sub = _override_location(str(unet), name, "UNet" if name == "unet" else "transformer")
         kwargs[name] = _load_denoiser(family, src, sub, **dtype_argument(dtype))
-    if vae is not None:
+    if vae is not None:  # the family's VAE class (FLUX.2's AutoencoderKLFlux2), AutoencoderKL without a family
+        from t2i_align.families import get_family
+
+        vae_class = get_family(family).vae_class() if family is not None else AutoencoderKL
         src, sub = _override_location(str(vae), "vae", "VAE")
-        kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
+        kwargs["vae"] = vae_class.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
     options = text_options or {}
     if options.get("use_t5") is False:
         kwargs.update(text_encoder_3=None, tokenizer_3=None)

@@ -1,5 +1,5 @@
 """Model families: everything that differs between SD 1.5 / 2.1, SDXL and the flow transformers
-(SD3 / SD3.5, FLUX.1) sits behind one interface, one module per family.
+(SD3 / SD3.5, FLUX.1, FLUX.2) sits behind one interface, one module per family.
 
 get_family(name) returns the family's module. The step (training/step.py), the loop
 (training/recipe.py) and the objectives name no family: they call these module-level functions.
@@ -18,6 +18,7 @@ UNet families share, guidance.py the model.guidance checks):
   where), check_options(time_ids, flow, guidance) (the family's model options: model.time_ids,
   model.flow, model.guidance; a family refuses the options it has no use for),
   pipeline_class() (the diffusers pipeline for sampling, dataset building and LoRA files),
+  vae_class() (the diffusers VAE class: AutoencoderKL, FLUX.2's AutoencoderKLFlux2),
   sampling_kwargs(pipe) (extra pipeline-call arguments, e.g. SD3's max_sequence_length);
 - text: encode_prompts(captions, text_encoders, tokenizers) -> dict of tensors; TEXT_CACHE
   (cache name -> encode_prompts key: what the latent cache stores); conditioning(text,
@@ -25,12 +26,14 @@ UNet families share, guidance.py the model.guidance checks):
   device=, guidance=) -> the denoiser's conditioning (guidance: model.guidance, FLUX.1-dev's
   guidance embedding);
 - latents: encode_latents(vae, pixels, generator), posterior_latents(mean, std, generator,
-  scaling_factor, shift_factor), latent_factors(vae) -> (scaling_factor, shift_factor);
+  scaling_factor, shift_factor), latent_factors(vae) -> (scaling_factor, shift_factor): the
+  normalisation posterior_latents applies, JSON-able as the latent cache stores it (numbers for
+  the AutoencoderKL families; FLUX.2: its BatchNorm std and mean, one per patchified channel);
 - forward process and denoiser: forward_pairs(scheduler, latents_w, latents_l, generator,
   prediction_type, flow) -> (x_t, target, t); inversion_pairs(..., predict_fn, ..., num_steps=, eta=,
   evaluate_at=, flow=) -> (x_t, target, t); predict(model, x_t, t, conditioning) -> the prediction
-  in x_t's [B, C, H, W] layout (a family whose denoiser takes packed tokens, FLUX, packs and
-  unpacks inside); the flow families' t is sigma * 1000 whatever their denoiser takes;
+  in x_t's [B, C, H, W] layout (a family whose denoiser takes packed tokens, FLUX / FLUX.2, packs
+  and unpacks inside); the flow families' t is sigma * 1000 whatever their denoiser takes;
   error_weights(t, flow) -> per-row weights of the errors or None (SD3's loss weighting).
 
 A new family: one module here (registered in FAMILIES), one conf/model file, a tiny model built
@@ -48,7 +51,7 @@ from t2i_align.families import flux, sd, sd3, sdxl
 # three have a second text encoder; sd claims any pipeline).
 FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, flux.NAME: flux, sdxl.NAME: sdxl, sd.NAME: sd}
 
-INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_KEY_FORMAT", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "load_scheduler",
+INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_KEY_FORMAT", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "vae_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
              "conditioning", "encode_latents", "posterior_latents", "latent_factors", "forward_pairs",
              "inversion_pairs", "predict", "error_weights", "sampling_kwargs")
@@ -72,7 +75,7 @@ def pipeline_call_kwargs(pipe, lora_scale: float | None = None) -> dict:
     """Extra arguments for calling a diffusers pipeline `pipe` so it samples as its family trains
     (the family's sampling_kwargs, e.g. SD3's T5 length) and, when `lora_scale` is given, the LoRA
     scale under the name the pipeline takes (cross_attention_kwargs for the UNet pipelines,
-    joint_attention_kwargs for the transformer ones)."""
+    joint_attention_kwargs for SD3 / FLUX.1, attention_kwargs for FLUX.2's)."""
     import inspect
 
     kwargs = {}
@@ -81,8 +84,9 @@ def pipeline_call_kwargs(pipe, lora_scale: float | None = None) -> dict:
             kwargs.update(family.sampling_kwargs(pipe))
             break
     if lora_scale is not None:
-        name = ("joint_attention_kwargs" if "joint_attention_kwargs" in inspect.signature(pipe.__call__).parameters
-                else "cross_attention_kwargs")
+        parameters = inspect.signature(pipe.__call__).parameters
+        name = next((n for n in ("joint_attention_kwargs", "attention_kwargs") if n in parameters),
+                    "cross_attention_kwargs")
         kwargs[name] = {"scale": float(lora_scale)}
     return kwargs
 

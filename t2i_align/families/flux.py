@@ -39,7 +39,7 @@ import torch
 from t2i_align.errors import InputError
 from t2i_align.families.guidance import check_guidance
 from t2i_align.models.flux_latents import latent_image_ids, pack_latents, text_ids, unpack_latents
-from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents, vae_class  # noqa: F401 (interface)
 from t2i_align.noising.flow import (check_flow_settings, euler_invert, flow_noise_pairs, implied_targets,
                                     loss_weighting, sample_u, sigmas_from_table)
 

@@ -20,7 +20,7 @@ import torch
 
 from t2i_align.errors import InputError
 from t2i_align.families.guidance import refuse_guidance
-from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents, vae_class  # noqa: F401 (interface)
 from t2i_align.noising.flow import (check_flow_settings, euler_invert, flow_noise_pairs, implied_targets,
                                     loss_weighting, sample_u, sigmas_from_table)
 
