@@ -4,7 +4,7 @@
 get_family(name) returns the family's module. The step (training/step.py), the loop
 (training/recipe.py) and the objectives name no family: they call these module-level functions.
 
-What each family module provides (sd.py, sdxl.py, sd3.py, flux.py; unet_ddpm.py holds what the two
+What each family module provides (sd.py, sdxl.py, sd3.py, flux.py, flux2.py; unet_ddpm.py holds what the two
 UNet families share, guidance.py the model.guidance checks):
 
 - NAME, DENOISER_SUBFOLDER, LORA_PREFIX (the denoiser's folder and LoRA-file prefix), LORA_TARGETS
@@ -45,11 +45,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from t2i_align.errors import InputError
-from t2i_align.families import flux, sd, sd3, sdxl
+from t2i_align.families import flux, flux2, sd, sd3, sdxl
 
 # Detection order: the first family whose claims(model_index) is true (sd3 and flux before sdxl: all
-# three have a second text encoder; sd claims any pipeline).
-FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, flux.NAME: flux, sdxl.NAME: sdxl, sd.NAME: sd}
+# three have a second text encoder; flux2 claims only Flux2* pipelines and transformers, flux only
+# FLUX.1's; sd claims any pipeline).
+FAMILIES: dict[str, ModuleType] = {sd3.NAME: sd3, flux.NAME: flux, flux2.NAME: flux2, sdxl.NAME: sdxl, sd.NAME: sd}
 
 INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_KEY_FORMAT", "REQUIRED_SUBFOLDERS", "TEXT_CACHE", "claims", "pipeline_class", "vae_class", "load_scheduler",
              "load_text_encoders", "load_denoiser", "check_denoiser", "check_options", "encode_prompts",
@@ -58,7 +59,7 @@ INTERFACE = ("NAME", "DENOISER_SUBFOLDER", "LORA_PREFIX", "LORA_TARGETS", "LORA_
 
 
 def get_family(name) -> ModuleType:
-    """The module of family `name` ("sd", "sdxl", "sd3", "flux"); a family module passes through unchanged."""
+    """The module of family `name` ("sd", "sdxl", "sd3", "flux", "flux2"); a family module passes through unchanged."""
     if isinstance(name, ModuleType):
         return name
     if name not in FAMILIES:
