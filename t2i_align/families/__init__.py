@@ -17,7 +17,8 @@ UNet families share, guidance.py the model.guidance checks):
   without T5), load_denoiser(source, subfolder, **from_pretrained kwargs), check_denoiser(model,
   where), check_options(time_ids, flow, guidance) (the family's model options: model.time_ids,
   model.flow, model.guidance; a family refuses the options it has no use for),
-  pipeline_class() (the diffusers pipeline for sampling, dataset building and LoRA files),
+  pipeline_class(model_index=None) (the diffusers pipeline for sampling, dataset building and LoRA
+  files; FLUX.2 picks [dev]'s or [klein]'s from the model_index.json, or a pipeline's config, given),
   vae_class() (the diffusers VAE class: AutoencoderKL, FLUX.2's AutoencoderKLFlux2),
   sampling_kwargs(pipe) (extra pipeline-call arguments, e.g. SD3's max_sequence_length);
 - text: encode_prompts(captions, text_encoders, tokenizers) -> dict of tensors; TEXT_CACHE
@@ -81,7 +82,7 @@ def pipeline_call_kwargs(pipe, lora_scale: float | None = None) -> dict:
 
     kwargs = {}
     for family in FAMILIES.values():
-        if isinstance(pipe, family.pipeline_class()):
+        if isinstance(pipe, family.pipeline_class(dict(getattr(pipe, "config", None) or {}))):
             kwargs.update(family.sampling_kwargs(pipe))
             break
     if lora_scale is not None:

@@ -77,7 +77,8 @@ def claims(model_index: dict) -> bool:
     return model_index.get("_class_name") == "FluxPipeline" or has_flux_transformer
 
 
-def pipeline_class():
+def pipeline_class(model_index: dict | None = None):
+    """FluxPipeline (one pipeline class for every model of the family: `model_index` is unused)."""
     from diffusers import FluxPipeline
 
     return FluxPipeline

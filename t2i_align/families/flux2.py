@@ -1,7 +1,7 @@
-"""The FLUX.2 family: FLUX.2 [klein] (Flux2KleinPipeline, Qwen3 text encoder) and the text side
-of FLUX.2 [dev] (Mistral3): Flux2Transformer2DModel, a 32-channel VAE whose latents are
-patchified 2 x 2 and normalised by its BatchNorm running statistics, rectified flow with
-velocity targets.
+"""The FLUX.2 family: FLUX.2 [klein] (Flux2KleinPipeline, Qwen3 text encoder) and FLUX.2 [dev]
+(Flux2Pipeline, Mistral3 text encoder; pipeline_class picks the pipeline from model_index.json):
+Flux2Transformer2DModel, a 32-channel VAE whose latents are patchified 2 x 2 and normalised by
+its BatchNorm running statistics, rectified flow with velocity targets.
 
 As diffusers trains FLUX.2 (train_dreambooth_lora_flux2_klein.py, train_dreambooth_lora_flux2.py):
 latents = the VAE posterior's mode (latent_dist.mode(), no sampling), patchified and normalised
@@ -84,12 +84,22 @@ def claims(model_index: dict) -> bool:
     return str(model_index.get("_class_name", "")).startswith("Flux2") or has_flux2_transformer
 
 
-def pipeline_class():
-    """Flux2KleinPipeline (FLUX.2 [klein]: sampling, LoRA files; its save_lora_weights is
-    Flux2Pipeline's, Flux2LoraLoaderMixin)."""
-    from diffusers import Flux2KleinPipeline
+def is_dev(model_index: dict | None) -> bool:
+    """Whether a model_index.json (or a pipeline's config) is FLUX.2 [dev]'s: the Flux2Pipeline
+    class or a Mistral3 text encoder (klein's is Qwen3)."""
+    index = model_index or {}
+    encoder = index.get("text_encoder")
+    encoder = encoder[1] if isinstance(encoder, (list, tuple)) and len(encoder) == 2 else ""
+    return index.get("_class_name") == "Flux2Pipeline" or str(encoder).startswith("Mistral3")
 
-    return Flux2KleinPipeline
+
+def pipeline_class(model_index: dict | None = None):
+    """Flux2Pipeline for FLUX.2 [dev] (is_dev(model_index)), else Flux2KleinPipeline (FLUX.2
+    [klein], also the default without a model_index: LoRA files, whose save_lora_weights is the
+    same Flux2LoraLoaderMixin's)."""
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline
+
+    return Flux2Pipeline if is_dev(model_index) else Flux2KleinPipeline
 
 
 def vae_class():

@@ -27,8 +27,9 @@ def claims(model_index: dict) -> bool:
     return True
 
 
-def pipeline_class():
-    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files)."""
+def pipeline_class(model_index: dict | None = None):
+    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files);
+    one class for every model of the family (`model_index` is unused)."""
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline

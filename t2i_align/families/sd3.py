@@ -52,7 +52,8 @@ def claims(model_index: dict) -> bool:
         "transformer" in model_index and "text_encoder_3" in model_index)
 
 
-def pipeline_class():
+def pipeline_class(model_index: dict | None = None):
+    """StableDiffusion3Pipeline (one pipeline class for every model of the family: `model_index` is unused)."""
     from diffusers import StableDiffusion3Pipeline
 
     return StableDiffusion3Pipeline

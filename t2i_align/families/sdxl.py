@@ -31,8 +31,9 @@ def claims(model_index: dict) -> bool:
     return has_te2 or "XL" in class_name
 
 
-def pipeline_class():
-    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files)."""
+def pipeline_class(model_index: dict | None = None):
+    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files);
+    one class for every model of the family (`model_index` is unused)."""
     from diffusers import StableDiffusionXLPipeline
 
     return StableDiffusionXLPipeline

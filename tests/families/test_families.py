@@ -59,13 +59,16 @@ def test_detection_from_model_index():
 
 
 def test_pipeline_classes():
-    from diffusers import AutoencoderKL, AutoencoderKLFlux2, Flux2KleinPipeline, FluxPipeline, StableDiffusionPipeline, \
-        StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Pipeline, FluxPipeline, \
+        StableDiffusionPipeline, StableDiffusionXLPipeline
 
     assert get_family("sd").pipeline_class() is StableDiffusionPipeline
     assert get_family("sdxl").pipeline_class() is StableDiffusionXLPipeline
     assert get_family("flux").pipeline_class() is FluxPipeline
     assert get_family("flux2").pipeline_class() is Flux2KleinPipeline
+    assert get_family("flux2").pipeline_class({"_class_name": "Flux2Pipeline"}) is Flux2Pipeline  # FLUX.2 [dev]
+    assert get_family("flux2").pipeline_class({"text_encoder": ("transformers", "Mistral3ForConditionalGeneration")}) \
+        is Flux2Pipeline  # a dev pipeline's config
     assert {name: get_family(name).vae_class() for name in FAMILIES} == {
         **{name: AutoencoderKL for name in FAMILIES}, "flux2": AutoencoderKLFlux2}
 
