@@ -33,24 +33,31 @@ CHAT_TEMPLATE = (
 )
 
 
-def qwen_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab piece -> id, merges in rank order): bytes, the whole-word pieces, then the special
-    tokens (in Qwen3's order: <|endoftext|>, <|im_start|>, <|im_end|>, <think>, </think>)."""
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = {char: i for i, char in enumerate(byte_chars)}
-    space = _bytes_to_unicode()[ord(" ")]
+def byte_level_bpe(words, special_tokens) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab piece -> id, merges in rank order) of a byte-level BPE: the 256 byte characters, a
+    whole-word piece "Ġword" for each of `words` (left-to-right merge chains from the leading
+    space, so a word merges only after a space and nothing else is affected), then
+    `special_tokens`."""
+    table = _bytes_to_unicode()
+    vocab = {char: i for i, char in enumerate(table.values())}
     merges = []
-    for word in WORDS:
-        piece = space
-        for char in word:
+    for word in words:
+        piece = table[ord(" ")]
+        for char in "".join(table[b] for b in word.encode()):
             merged = piece + char
             if merged not in vocab:
                 merges.append((piece, char))
                 vocab[merged] = len(vocab)
             piece = merged
-    for token in SPECIAL_TOKENS:
+    for token in special_tokens:
         vocab[token] = len(vocab)
     return vocab, merges
+
+
+def qwen_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges): bytes, the whole-word pieces, then the special tokens (in Qwen3's order:
+    <|endoftext|>, <|im_start|>, <|im_end|>, <think>, </think>)."""
+    return byte_level_bpe(WORDS, SPECIAL_TOKENS)
 
 
 def offline_qwen_tokenizer(model_max_length: int = 128):

@@ -1,10 +1,12 @@
-"""The flux2 family's model options: model.guidance (none on klein; the guidance embedding of a
-guidance-distilled FLUX.2 transformer), model.flow (uniform unshifted sigmas; no dynamic shift),
+"""The flux2 family's model options: model.guidance (none on klein; the guidance embedding of the
+guidance-distilled FLUX.2 [dev], whose tiny model also trains and samples here), model.flow (uniform unshifted sigmas; no dynamic shift),
 model.use_t5 (refused), model.max_sequence_length, the default LoRA targets on the real FLUX.2
 architectures, and the pipeline-call arguments that make sampling encode as training."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,30 +15,15 @@ from t2i_align.families import get_family, pipeline_call_kwargs
 from t2i_align.models.loading import load_parts
 from tests.training.helpers import read_metrics, train
 
-FLUX2 = ["model=tiny_flux2", "data=generated", "data.num_generated=8", "trainer.max_steps=2", "trainer.batch_size=2",
-         "model.max_sequence_length=32"]
+BASE = ["data=generated", "data.num_generated=8", "trainer.max_steps=2", "trainer.batch_size=2"]
+FLUX2 = ["model=tiny_flux2", "model.max_sequence_length=32"] + BASE
+DEV = ["model=tiny_flux2_dev", "model.max_sequence_length=64"] + BASE  # the system message takes ~30 tokens
 
 
-@pytest.fixture(scope="module")
-def guided_path(tmp_path_factory, t2i_cache):
-    """The tiny model with a guidance embedding (guidance_embeds true, as FLUX.2 [dev]'s transformer)."""
-    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
-
-    from t2i_align.models.tiny import build_tiny_pipeline
-
-    pipe = build_tiny_pipeline("flux2")
-    torch.manual_seed(0)
-    transformer = Flux2Transformer2DModel.from_config({**pipe.transformer.config, "guidance_embeds": True})
-    folder = tmp_path_factory.mktemp("guided")
-    Flux2KleinPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                       transformer=transformer).save_pretrained(folder)
-    return str(folder)
-
-
-def test_klein_refuses_a_guidance_value_and_a_guided_transformer_takes_it(tmp_path, guided_path):
+def test_klein_refuses_a_guidance_value_and_dev_takes_it(tmp_path):
     with pytest.raises(InputError, match="no guidance embedding .*set model.guidance=null"):
         train(tmp_path / "refused", FLUX2 + ["method=sft", "model.guidance=1.0"])
-    guided = FLUX2 + [f"model.path={guided_path}", "method=sft", "trainer.max_steps=1"]
+    guided = DEV + ["method=sft", "trainer.max_steps=1"]
     runs = {g: read_metrics(train(tmp_path / str(g), guided + [f"model.guidance={g}"])[0])[0]
             for g in ("1.0", "4.0", "null")}
     assert runs["1.0"]["timestep_mean"] == runs["4.0"]["timestep_mean"]
@@ -138,3 +125,28 @@ def test_pipeline_call_kwargs_follow_the_family(t2i_cache):
     assert pipeline_call_kwargs(short) == {"max_sequence_length": 8}
     with pytest.raises(InputError, match="FLUX.2 has no T5"):
         pipeline_call_kwargs(load_pipeline("tiny:flux2", family="flux2", text_options={"use_t5": False}))
+
+
+def test_dev_is_detected_trains_and_samples_through_flux2_pipeline(tmp_path):
+    """FLUX.2 [dev]: detected as flux2, Flux2Pipeline picked from its model_index.json; DPO's first
+    loss is ln 2; full and LoRA runs load through evaluation's load_pipeline and sample."""
+    from diffusers import DiffusionPipeline, Flux2Pipeline
+
+    from t2i_align.evaluation.sampling import load_pipeline
+    from t2i_align.families import detect_family
+    from t2i_align.models.tiny import resolve_model_path
+
+    index = DiffusionPipeline.load_config(resolve_model_path("tiny:flux2_dev"))
+    assert detect_family(index) == "flux2" and get_family("flux2").pipeline_class(index) is Flux2Pipeline
+    run_dir, full = train(tmp_path / "full", DEV + ["method=dpo"])
+    assert read_metrics(run_dir)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert json.loads((full / "config.json").read_text())["guidance_embeds"]  # the dev transformer trained
+    _, lora = train(tmp_path / "lora", DEV + ["method=sft", "trainer.lora.enabled=true"])
+    for kwargs in ({"unet": str(full)}, {"lora": str(lora)}):
+        pipe = load_pipeline("tiny:flux2_dev", family="flux2", text_options={"max_sequence_length": 64}, **kwargs)
+        assert type(pipe).__name__ == "Flux2Pipeline"
+        assert pipeline_call_kwargs(pipe, lora_scale=1.0) == {"max_sequence_length": 64,
+                                                              "attention_kwargs": {"scale": 1.0}}
+        images = pipe(prompt=["a red circle"], num_inference_steps=2, height=32, width=32, output_type="np",
+                      generator=torch.Generator().manual_seed(0), **pipeline_call_kwargs(pipe)).images
+        assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()

@@ -96,3 +96,28 @@ def test_latents_equal_flux2_pipelines_and_round_trip(pipe):
     with torch.no_grad():
         theirs = pipe._encode_vae_image(pixels, generator=None)
     assert ours.shape == (2, 16, 8, 8) and torch.equal(ours, theirs)
+
+
+def test_tiny_flux2_dev_encodes_prompts_as_flux2_pipeline(t2i_cache, tmp_path):
+    """The [dev]-shaped variant: Mistral3 + PixtralProcessor (saved and reloaded through
+    Flux2Pipeline.from_pretrained), a guidance embedding, our encoding equal to the pipeline's
+    (system message, "[IMG]" removed, layers 10 / 20 / 30), and 2-step sampling."""
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3ForConditionalGeneration
+
+    from t2i_align.models.prompt_encoding_flux2 import DEV_LAYERS, encode_flux2_prompts
+
+    pipe = Flux2Pipeline.from_pretrained(resolve_model_path("tiny:flux2_dev"))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.text_encoder, Mistral3ForConditionalGeneration) and pipe.transformer.config.guidance_embeds
+    assert type(pipe.tokenizer).__name__ == "PixtralProcessor"
+    assert pipe.text_encoder.config.text_config.num_hidden_layers > max(DEV_LAYERS)
+    captions = ["a red circle on a grey background", "a very long prompt " * 40, "猫 [IMG] here", ""]
+    with torch.no_grad():
+        ours = encode_flux2_prompts(captions, pipe.text_encoder, pipe.tokenizer, max_sequence_length=48)
+        theirs, _ = pipe.encode_prompt(captions, max_sequence_length=48)
+    assert ours["encoder_hidden_states"].shape == (4, 48, pipe.transformer.config.joint_attention_dim)
+    assert torch.equal(ours["encoder_hidden_states"], theirs)
+    images = pipe(prompt=["a cat"], num_inference_steps=2, height=32, width=32, output_type="np",
+                  generator=torch.Generator().manual_seed(0), max_sequence_length=64).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
