@@ -6,7 +6,8 @@ once. What is stored, per table row (chosen image first, as PreferencePairs retu
 
 - the VAE posterior's mean and std of both images (not a sample: training still draws the
   posterior sample each step, through the same function as the image path, so the two paths
-  give the same latents for the same random stream), centre-cropped at the training resolution;
+  give the same latents for the same random stream; FLUX.2's family takes the posterior mode, as
+  its scripts do), centre-cropped at the training resolution;
   with store_std=False only the mean (half the storage; training then uses the posterior mean);
   with flip variants also those of the horizontally flipped crop;
 - SDXL micro-conditioning (original sizes, crop corner, and the crop corner of the flipped crop);
@@ -269,10 +270,16 @@ def build_latent_cache(table, folder, key: dict, *, vae, text_encoders, tokenize
                 "shard_size": shard_size, "captions": len(captions), "flip_variants": bool(flip_variants),
                 "per_image_captions": bool(per_image_captions), "resolution": int(resolution),
                 "store_std": bool(store_std),
-                "scaling_factor": float(scaling_factor), "shift_factor": shift_factor, "key_hash": key_hash(key)}
+                "scaling_factor": _factor(scaling_factor), "shift_factor": shift_factor, "key_hash": key_hash(key)}
         _atomic_write_text(folder / "cache_info.json", json.dumps(info, indent=2))
     wait()
     return folder
+
+
+def _factor(value):
+    """A family's latent factor as cache_info.json stores it: a float (the AutoencoderKL families'
+    scaling factor), or a list as given (FLUX.2's per-channel BatchNorm std)."""
+    return list(value) if isinstance(value, (list, tuple)) else float(value)
 
 
 class CachedPairs(torch.utils.data.Dataset):
@@ -357,7 +364,7 @@ class CachedPairs(torch.utils.data.Dataset):
         return item
 
 
-def collate_cached(items: list, empty_captions: dict, scaling_factor: float, shift_factor) -> dict:
+def collate_cached(items: list, empty_captions: dict, scaling_factor, shift_factor) -> dict:
     """Stack the good items of a batch (collate_pairs' contract for cached pairs); `empty_captions`:
     CachedPairs.empty_captions, the embedding caption dropout substitutes."""
     good, skipped = split_skipped(items)

@@ -206,17 +206,18 @@ def model_cache_key(spec: dict, base, settings: dict) -> ModelKey:
     return ModelKey(_plain(key), _plain(source))
 
 
-def pipeline_class(family: str | None = None):
+def pipeline_class(family: str | None = None, model_index: dict | None = None):
     """The diffusers pipeline class that samples `family` (t2i_align/families/: its
-    pipeline_class()); None: diffusers' AutoPipelineForText2Image, which picks the class from the
-    base's model_index.json (any text-to-image pipeline diffusers knows)."""
+    pipeline_class(model_index), model_index: the base's model_index.json, which picks FLUX.2's
+    [dev] or [klein] pipeline); None: diffusers' AutoPipelineForText2Image, which picks the class
+    from the base's model_index.json (any text-to-image pipeline diffusers knows)."""
     if family is None:
         from diffusers import AutoPipelineForText2Image
 
         return AutoPipelineForText2Image
     from t2i_align.families import get_family
 
-    return get_family(family).pipeline_class()
+    return get_family(family).pipeline_class(model_index)
 
 
 def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, device="cpu",
@@ -251,13 +252,21 @@ def load_pipeline(base: str, unet: str | None = None, lora: str | None = None, d
             name = get_family(family).DENOISER_SUBFOLDER
         src, sub = _override_location(str(unet), name, "UNet" if name == "unet" else "transformer")
         kwargs[name] = _load_denoiser(family, src, sub, **dtype_argument(dtype))
-    if vae is not None:
+    if vae is not None:  # the family's VAE class (FLUX.2's AutoencoderKLFlux2), AutoencoderKL without a family
+        from t2i_align.families import get_family
+
+        vae_class = get_family(family).vae_class() if family is not None else AutoencoderKL
         src, sub = _override_location(str(vae), "vae", "VAE")
-        kwargs["vae"] = AutoencoderKL.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
+        kwargs["vae"] = vae_class.from_pretrained(src, subfolder=sub, **dtype_argument(dtype))
     options = text_options or {}
     if options.get("use_t5") is False:
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
-    pipe = pipeline_class(family).from_pretrained(base, **kwargs)
+    model_index = None
+    if family is not None:
+        from diffusers import DiffusionPipeline
+
+        model_index = DiffusionPipeline.load_config(base, revision=revision)
+    pipe = pipeline_class(family, model_index).from_pretrained(base, **kwargs)
     if options.get("max_sequence_length") is not None and getattr(pipe, "tokenizer_3", None) is not None:
         pipe.tokenizer_3.model_max_length = int(options["max_sequence_length"])
     if options:

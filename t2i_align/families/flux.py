@@ -39,7 +39,7 @@ import torch
 from t2i_align.errors import InputError
 from t2i_align.families.guidance import check_guidance
 from t2i_align.models.flux_latents import latent_image_ids, pack_latents, text_ids, unpack_latents
-from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents, vae_class  # noqa: F401 (interface)
 from t2i_align.noising.flow import (check_flow_settings, euler_invert, flow_noise_pairs, implied_targets,
                                     loss_weighting, sample_u, sigmas_from_table)
 
@@ -77,7 +77,8 @@ def claims(model_index: dict) -> bool:
     return model_index.get("_class_name") == "FluxPipeline" or has_flux_transformer
 
 
-def pipeline_class():
+def pipeline_class(model_index: dict | None = None):
+    """FluxPipeline (one pipeline class for every model of the family: `model_index` is unused)."""
     from diffusers import FluxPipeline
 
     return FluxPipeline

@@ -20,7 +20,7 @@ import torch
 
 from t2i_align.errors import InputError
 from t2i_align.families.guidance import refuse_guidance
-from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (interface)
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents, vae_class  # noqa: F401 (interface)
 from t2i_align.noising.flow import (check_flow_settings, euler_invert, flow_noise_pairs, implied_targets,
                                     loss_weighting, sample_u, sigmas_from_table)
 
@@ -52,7 +52,8 @@ def claims(model_index: dict) -> bool:
         "transformer" in model_index and "text_encoder_3" in model_index)
 
 
-def pipeline_class():
+def pipeline_class(model_index: dict | None = None):
+    """StableDiffusion3Pipeline (one pipeline class for every model of the family: `model_index` is unused)."""
     from diffusers import StableDiffusion3Pipeline
 
     return StableDiffusion3Pipeline

@@ -15,7 +15,7 @@ from t2i_align.errors import InputError
 from t2i_align.families.unet_ddpm import (BASE_SUBFOLDERS, load_clip_text_encoders, DENOISER_SUBFOLDER, LORA_PREFIX, LORA_TARGETS, LORA_KEY_FORMAT, TIME_IDS, check_captions, check_options, check_text_options, error_weights, sampling_kwargs,  # noqa: F401
                                           check_unet_kind, encode_latents, execution_device, forward_pairs,
                                           inversion_pairs, latent_factors, load_denoiser, load_scheduler,
-                                          posterior_latents, predict, tokenize)
+                                          posterior_latents, predict, tokenize, vae_class)
 
 NAME = "sdxl"
 REQUIRED_SUBFOLDERS = BASE_SUBFOLDERS + ("text_encoder_2", "tokenizer_2")
@@ -31,8 +31,9 @@ def claims(model_index: dict) -> bool:
     return has_te2 or "XL" in class_name
 
 
-def pipeline_class():
-    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files)."""
+def pipeline_class(model_index: dict | None = None):
+    """The diffusers pipeline that samples this family (evaluation, dataset builders, LoRA files);
+    one class for every model of the family (`model_index` is unused)."""
     from diffusers import StableDiffusionXLPipeline
 
     return StableDiffusionXLPipeline

@@ -11,7 +11,7 @@ import torch
 
 from t2i_align.errors import InputError
 from t2i_align.families.guidance import refuse_guidance
-from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents  # noqa: F401 (re-exported)
+from t2i_align.models.latents import encode_latents, latent_factors, posterior_latents, vae_class  # noqa: F401 (re-exported)
 from t2i_align.noising.ddim_inversion import inversion_noise_pairs
 from t2i_align.noising.forward import forward_noise_pairs
 

@@ -10,6 +10,14 @@ import torch
 from t2i_align.noising.random import randn
 
 
+def vae_class():
+    """diffusers' AutoencoderKL: the VAE class of the families whose latents this module makes
+    (loading.load_parts and evaluation load it, and VAE overrides, with the family's vae_class)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL
+
+
 def latent_factors(vae) -> tuple[float, float | None]:
     """(scaling_factor, shift_factor or None) of an AutoencoderKL-style VAE config."""
     return vae.config.scaling_factor, getattr(vae.config, "shift_factor", None)

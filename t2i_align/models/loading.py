@@ -159,15 +159,13 @@ def load_parts(
         (trainer.quantize_base, models/quantization.py), its unquantised leftovers in
         compute_dtype and then fp32, and FROZEN (LoRA trains on top); None: as below.
 
-    UNet and VAE are loaded in float32 (mixed precision is the training loop's business;
+    UNet and VAE (the family's vae_class: AutoencoderKL, FLUX.2's AutoencoderKLFlux2) are loaded in float32 (mixed precision is the training loop's business;
     the SDXL VAE overflows in fp16). VAE and text encoders come back frozen in eval mode; the
     UNet in train mode with all parameters trainable (frozen when quantised). What differs
     between families (text encoders, the denoiser class and its check, the training scheduler:
     a ``DDPMScheduler`` built from the pipeline's scheduler config for the UNet families,
     ``prediction_type`` read from it) is the family module's (t2i_align/families/).
     """
-    from diffusers import AutoencoderKL
-
     from t2i_align.families import FAMILIES
 
     if family is not None and family not in FAMILIES:
@@ -195,9 +193,9 @@ def load_parts(
         vae = None
     elif vae_path is not None:
         vae_src, vae_sub = _override_location(vae_path, "vae", "VAE")
-        vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_sub, **dtype_argument(torch.float32))
+        vae = fam.vae_class().from_pretrained(vae_src, subfolder=vae_sub, **dtype_argument(torch.float32))
     else:
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **dtype_argument(torch.float32), **weights)
+        vae = fam.vae_class().from_pretrained(source, subfolder="vae", **dtype_argument(torch.float32), **weights)
 
     denoiser = dtype_argument(torch.float32)
     if quantize_base is not None:

@@ -25,8 +25,9 @@ from t2i_align.errors import InputError
 
 TINY_VERSION = "v1"  # bump whenever the tiny architectures or seeds change (new cache folder)
 TINY_RESOLUTION = 32  # pixel size the tiny models are built for (16x16 latents)
-# sd3: SD3.5-shaped (tiny_sd3.py); flux: FLUX.1-dev-shaped (tiny_flux.py)
-TINY_KINDS = ("sdxl", "sd21", "sd15", "sd3", "flux")
+# sd3: SD3.5-shaped (tiny_sd3.py); flux: FLUX.1-dev-shaped (tiny_flux.py); flux2 / flux2_dev: FLUX.2
+# [klein] / [dev]-shaped (tiny_flux2.py)
+TINY_KINDS = ("sdxl", "sd21", "sd15", "sd3", "flux", "flux2", "flux2_dev")
 TINY_PREFIX = "tiny:"
 
 _SEED = 0
@@ -140,8 +141,10 @@ def _scheduler(kind: str):
 
 def build_tiny_pipeline(kind: str):
     """Build a tiny random-weight pipeline: ``"sdxl"``, ``"sd21"`` (v-prediction), ``"sd15"`` or
-    ``"sd3"`` (a StableDiffusion3Pipeline shaped like SD3.5, built by tiny_sd3.py) or ``"flux"`` (a
-    FluxPipeline shaped like FLUX.1-dev, built by tiny_flux.py).
+    ``"sd3"`` (a StableDiffusion3Pipeline shaped like SD3.5, built by tiny_sd3.py), ``"flux"`` (a
+    FluxPipeline shaped like FLUX.1-dev, built by tiny_flux.py) or ``"flux2"`` (a
+    Flux2KleinPipeline shaped like FLUX.2 [klein], built by tiny_flux2.py) or ``"flux2_dev"`` (a
+    Flux2Pipeline shaped like FLUX.2 [dev], same file).
 
     Returns a ``StableDiffusionXLPipeline`` (sdxl) or ``StableDiffusionPipeline`` (sd21 /
     sd15, no safety checker). Weights are identical on every call (each part is built right
@@ -158,6 +161,14 @@ def build_tiny_pipeline(kind: str):
         from .tiny_flux import build_tiny_flux_pipeline
 
         return build_tiny_flux_pipeline()
+    if kind == "flux2":
+        from .tiny_flux2 import build_tiny_flux2_pipeline
+
+        return build_tiny_flux2_pipeline()
+    if kind == "flux2_dev":
+        from .tiny_flux2 import build_tiny_flux2_dev_pipeline
+
+        return build_tiny_flux2_dev_pipeline()
     with torch.random.fork_rng(devices=[]):
         unet = _unet(kind)
         if kind == "sdxl":

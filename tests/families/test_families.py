@@ -13,8 +13,8 @@ from t2i_align.errors import InputError
 from t2i_align.families import FAMILIES, INTERFACE, detect_family, get_family
 
 PACKAGE = Path(__file__).resolve().parents[2] / "t2i_align"
-TINY = {"sdxl": "sdxl", "sd": "sd21", "sd3": "sd3", "flux": "flux"}  # family -> tiny model kind
-UNET_FAMILIES = ["sd", "sdxl"]  # DDPM families (sd3, flux: tests/families/test_sd3.py, test_flux.py)
+TINY = {"sdxl": "sdxl", "sd": "sd21", "sd3": "sd3", "flux": "flux", "flux2": "flux2"}  # family -> tiny model kind
+UNET_FAMILIES = ["sd", "sdxl"]  # DDPM families (sd3, flux, flux2: tests/families/test_sd3.py, test_flux*.py)
 
 
 def ddpm(prediction_type):
@@ -23,7 +23,7 @@ def ddpm(prediction_type):
 
 
 def test_registry_refuses_an_unknown_family_naming_the_known_ones():
-    with pytest.raises(InputError, match=r"unknown model family 'sd4'; choose one of sd3, flux, sdxl, sd$"):
+    with pytest.raises(InputError, match=r"unknown model family 'sd4'; choose one of sd3, flux, flux2, sdxl, sd$"):
         get_family("sd4")
     assert get_family("sd") is get_family(get_family("sd"))  # a family module passes through
 
@@ -48,16 +48,29 @@ def test_detection_from_model_index():
                   "transformer": ["diffusers", "FluxTransformer2DModel"]}
     assert detect_family(flux_index) == "flux"
     assert detect_family({**flux_index, "_class_name": "SomeFluxVariant"}) == "flux"  # by its transformer
-    assert detect_family({"_class_name": "Flux2Pipeline", "text_encoder": ["transformers", "Mistral3Model"],
-                          "transformer": ["diffusers", "Flux2Transformer2DModel"]}) != "flux"
+    # FLUX.2 (dev: Flux2Pipeline + Mistral3, klein: Flux2KleinPipeline + Qwen3) is flux2, never flux
+    flux2_index = {"_class_name": "Flux2Pipeline", "text_encoder": ["transformers", "Mistral3ForConditionalGeneration"],
+                   "transformer": ["diffusers", "Flux2Transformer2DModel"]}
+    assert detect_family(flux2_index) == "flux2"
+    assert detect_family({**flux2_index, "_class_name": "Flux2KleinPipeline",
+                          "text_encoder": ["transformers", "Qwen3ForCausalLM"]}) == "flux2"
+    assert detect_family({**flux2_index, "_class_name": "SomeVariant"}) == "flux2"  # by its transformer
+    assert detect_family({**flux_index, "_class_name": "FluxKontextPipeline"}) == "flux"
 
 
 def test_pipeline_classes():
-    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Pipeline, FluxPipeline, \
+        StableDiffusionPipeline, StableDiffusionXLPipeline
 
     assert get_family("sd").pipeline_class() is StableDiffusionPipeline
     assert get_family("sdxl").pipeline_class() is StableDiffusionXLPipeline
     assert get_family("flux").pipeline_class() is FluxPipeline
+    assert get_family("flux2").pipeline_class() is Flux2KleinPipeline
+    assert get_family("flux2").pipeline_class({"_class_name": "Flux2Pipeline"}) is Flux2Pipeline  # FLUX.2 [dev]
+    assert get_family("flux2").pipeline_class({"text_encoder": ("transformers", "Mistral3ForConditionalGeneration")}) \
+        is Flux2Pipeline  # a dev pipeline's config
+    assert {name: get_family(name).vae_class() for name in FAMILIES} == {
+        **{name: AutoencoderKL for name in FAMILIES}, "flux2": AutoencoderKLFlux2}
 
 
 @pytest.mark.parametrize("name", UNET_FAMILIES)

@@ -66,10 +66,10 @@ def test_resolve_passes_other_paths_through():
 
 
 def test_unknown_kind_lists_known():
-    with pytest.raises(ValueError, match="sdxl, sd21, sd15, sd3, flux"):
+    with pytest.raises(ValueError, match="sdxl, sd21, sd15, sd3, flux, flux2, flux2_dev$"):
         resolve_model_path("tiny:sd4")
     with pytest.raises(ValueError, match="known kinds"):
-        build_tiny_pipeline("flux2")
+        build_tiny_pipeline("flux3")
 
 
 def test_saved_pipeline_generates_32px(tiny_dirs):
