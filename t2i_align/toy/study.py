@@ -47,7 +47,7 @@ GRID = {
 GRID_FLOW = {
     "sft": [{"lr": 2e-5}, {"lr": 5e-5}],
     "mapo": [{"lr": 2e-5}, {"lr": 5e-5}],
-    "dpo": [{"lr": 2e-5, "beta": b} for b in (0.5, 1, 2, 5, 50, 5000)],
+    "dpo": [{"lr": 2e-5, "beta": b} for b in (0.5, 1, 2, 5, 50, 5000)] + [{"lr": 1e-5, "beta": b} for b in (2, 5)],
     "dcpo": [{"lr": 2e-5, "beta": b} for b in (1, 5, 500)],
     "inpo": [{"lr": 2e-5, "beta": b} for b in (1, 5, 5000)],
 }

@@ -13,7 +13,7 @@ from PIL import Image
 
 from t2i_align.toy.metrics import colour_of, style_of
 from t2i_align.toy.mismatch import build_high_mismatch, textured_neon
-from t2i_align.toy.study import GRID, plan, split_prompts
+from t2i_align.toy.study import GRID, GRID_FLOW, plan, run_overrides, split_prompts
 from t2i_align.toy.study_report import choose_setting, steps_to_half_gain, summarise, write_report
 
 
@@ -25,6 +25,15 @@ def test_plan_covers_every_setting_seed_and_level_seed_major():
     assert seeds == sorted(seeds)  # a study stopped early has whole seeds, not whole methods
     # the papers' beta values are in the grid
     assert {5000} <= {s.get("beta") for s in GRID["dpo"]} and {500} <= {s.get("beta") for s in GRID["dcpo"]}
+
+
+def test_flow_plan_uses_the_flow_grid_and_trains_toy_sd3():
+    runs = plan(("low",), seeds=(0, 1), model="toy_sd3")
+    assert len(runs) == sum(len(v) for v in GRID_FLOW.values()) * 2
+    betas = {s.get("beta") for s in GRID_FLOW["dpo"]}
+    assert min(betas) < 5 < 5000 in betas  # below the UNet toy value, and the paper's
+    overrides = run_overrides(next(r for r in runs if r["method"] == "dpo"), {}, 200, "toy_sd3")
+    assert "model=toy_sd3" in overrides and "+exp=toy_dpo" in overrides
 
 
 def test_validation_and_test_prompts_are_disjoint_halves_of_the_held_out_set():
