@@ -94,3 +94,16 @@ def test_sd35_presets():
     assert mapo.method.objective == "mapo" and mapo.method.loss.beta == 0.1 and mapo.trainer.lr == 1e-5
     assert mapo.data.path == "mapo-t2i/pick-style-cartoon" and mapo.model.resolution == 1024
     assert make_cfg(["+exp=mapo_sd35_lora"]).trainer.lora.rank == 32
+
+
+def test_flux_presets():
+    """FLUX presets: the families, the cited numbers, QLoRA on top of the LoRA preset."""
+    lora = make_cfg(["+exp=dpo_flux1_lora"])
+    assert lora.model.family == "flux" and lora.model.guidance == 1.0 and lora.method.loss.beta == 2
+    assert lora.trainer.lora.enabled and lora.trainer.quantize_base is None and lora.trainer.lr == 1e-5
+    qlora = make_cfg(["+exp=dpo_flux1_qlora"])
+    assert qlora.trainer.quantize_base == "nf4" and qlora.trainer.lora.rank == lora.trainer.lora.rank
+    mapo = make_cfg(["+exp=mapo_flux1_lora"])
+    assert mapo.method.objective == "mapo" and mapo.trainer.lr == 1e-4 and mapo.model.flow.weighting_scheme == "uniform"
+    klein = make_cfg(["+exp=dpo_flux2_klein_lora"])
+    assert klein.model.family == "flux2" and klein.model.guidance is None and klein.method.loss.beta == 2
