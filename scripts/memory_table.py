@@ -174,11 +174,13 @@ def counts_of(model, targets: tuple) -> Counts:
 
 
 def base_bytes(counts: Counts, fmt: str) -> float:
-    """Bytes of the denoiser's own weights: "fp32", "nf4" or "int8" (Linear weights quantised,
-    everything else fp32)."""
+    """Bytes of the denoiser's own weights: "fp32", "bf16", "nf4" or "int8" (Linear weights
+    quantised, everything else fp32)."""
     rest = 4 * (counts.total - counts.linear_weights) + 2 * counts.buffers
     if fmt == "fp32":
         return 4 * counts.total + 4 * counts.buffers
+    if fmt == "bf16":  # LoRA's frozen base in the mixed-precision dtype (trainer.lora.base_dtype=auto)
+        return 2 * counts.total + 2 * counts.buffers
     if fmt == "nf4":
         return sum(0.5 * i * o + 4 * math.ceil(i * o / NF4_BLOCK) for _, i, o in counts.linears) + rest
     if fmt == "int8":
@@ -218,8 +220,9 @@ SETUPS = [
     Setup("full FT, AdamW, MaPO / SFT or reference cpu_offload", None, "fp32", "adamw", "none"),
     Setup("full FT, 8-bit AdamW, reference copy", None, "fp32", "adamw8bit", "copy"),
     Setup("full FT, Adafactor, reference copy", None, "fp32", "adafactor", "copy"),
-    Setup("LoRA r16, AdamW, fp32 base, adapters_off", 16, "fp32", "adamw", "adapters_off"),
-    Setup("LoRA r32, AdamW, fp32 base, adapters_off", 32, "fp32", "adamw", "adapters_off"),
+    Setup("LoRA r16, AdamW, bf16 base (the default under bf16), adapters_off", 16, "bf16", "adamw", "adapters_off"),
+    Setup("LoRA r32, AdamW, bf16 base, adapters_off", 32, "bf16", "adamw", "adapters_off"),
+    Setup("LoRA r16, AdamW, fp32 base (lora.base_dtype=float32), adapters_off", 16, "fp32", "adamw", "adapters_off"),
     Setup("LoRA r16 on an int8 base (quantize_base=int8)", 16, "int8", "adamw", "adapters_off"),
     Setup("QLoRA r16, nf4 base (quantize_base=nf4)", 16, "nf4", "adamw", "adapters_off"),
     Setup("QLoRA r32, nf4 base (quantize_base=nf4)", 32, "nf4", "adamw", "adapters_off"),

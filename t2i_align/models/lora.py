@@ -69,6 +69,19 @@ def add_lora(
     return config
 
 
+def cast_frozen_base(model, dtype) -> None:
+    """Hold the frozen (non-LoRA) weights and floating buffers of `model` in `dtype`, the LoRA
+    weights stay fp32 master weights: as diffusers' LoRA scripts keep the base in weight_dtype
+    (it is only ever used under autocast), which halves its memory (FLUX.1-dev: 48 -> 24 GB)."""
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and buffer.dtype != dtype:
+                setattr(module, name, buffer.to(dtype))
+
+
 def save_lora(unet, out_dir, family: str) -> pathlib.Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format, with the adapter config).
 

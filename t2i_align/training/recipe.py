@@ -30,7 +30,7 @@ from t2i_align.noising.ddim_inversion import EVALUATE_AT
 from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
-from t2i_align.models.lora import add_lora, save_lora
+from t2i_align.models.lora import add_lora, cast_frozen_base, save_lora
 from t2i_align.models.quantization import check_quantize_base, compute_dtype, trainable_to_fp32
 from t2i_align.models.reference import make_reference
 from t2i_align.objectives import get_objective
@@ -245,6 +245,10 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
                  target_modules=tuple(targets))
         if quantize_base:
             trainable_to_fp32(unet)  # LoRA over a base loaded in the compute dtype: fp32 master weights
+        elif t_cfg.lora.get("base_dtype", "auto") == "auto" and weight_dtype != torch.float32:
+            cast_frozen_base(unet, weight_dtype)  # the frozen base in the mixed-precision dtype, LoRA fp32
+        elif t_cfg.lora.get("base_dtype", "auto") not in ("auto", "float32"):
+            raise InputError(f"trainer.lora.base_dtype={t_cfg.lora.base_dtype!r}: choose auto or float32")
     # A frozen copy is held in the mixed-precision dtype: it never needs fp32 master weights.
     # Made while the UNet is still in CPU RAM, so an offloaded copy never visits the device.
     ref_dtype = weight_dtype if ref_strategy in ("copy", "cpu_offload") and weight_dtype != torch.float32 else None

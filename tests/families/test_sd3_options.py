@@ -125,3 +125,22 @@ def test_pipeline_call_kwargs_follow_the_family(t2i_cache):
     sdxl = load_pipeline("tiny:sdxl")
     assert pipeline_call_kwargs(sdxl) == {}
     assert pipeline_call_kwargs(sdxl, lora_scale=0.5) == {"cross_attention_kwargs": {"scale": 0.5}}
+
+
+def test_lora_under_bf16_keeps_the_frozen_base_in_bf16_and_lora_in_fp32(tmp_path):
+    """trainer.lora.base_dtype=auto (default): as diffusers' LoRA scripts, the frozen transformer
+    sits in the mixed-precision dtype (half the memory) and the LoRA master weights in fp32; DPO
+    still starts at ln 2 (the adapters-off reference is the same bf16 base)."""
+    from t2i_align.models.lora import add_lora, cast_frozen_base
+    from t2i_align.models.tiny_sd3 import build_tiny_sd3_pipeline
+
+    transformer = build_tiny_sd3_pipeline().transformer
+    add_lora(transformer, rank=4, target_modules=get_family("sd3").LORA_TARGETS)
+    cast_frozen_base(transformer, torch.bfloat16)
+    dtypes = {(p.requires_grad, p.dtype) for p in transformer.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    assert all(b.dtype == torch.bfloat16 for b in transformer.buffers() if b.is_floating_point())
+    run_dir, _ = train(tmp_path / "bf16", SD3 + ["method=dpo", "trainer.lora.enabled=true",
+                                                 "trainer.mixed_precision=bf16"])
+    records = read_metrics(run_dir)
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-3) and all(math.isfinite(r["loss"]) for r in records)
