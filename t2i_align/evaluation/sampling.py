@@ -1,6 +1,6 @@
 """Generate evaluation images with the same prompts and seeds for every model, cached on disk.
 
-A model is a base pipeline (hub id, local folder, tiny:<kind> or toy:sdxl) plus optionally a
+A model is a base pipeline (hub id, local folder, tiny:<kind>, toy:sdxl or toy:sd3) plus optionally a
 trained UNet folder (a full fine-tuning run's final/ or a checkpoint's unet/), LoRA weights (a
 run's final/ with pytorch_lora_weights.safetensors) and another VAE.
 
@@ -117,7 +117,7 @@ def _hub_identity(repo_id: str, revision: str | None) -> dict:
 def _base_identity(path: str, revision: str | None) -> tuple[dict, Path | None]:
     """(identity of the base pipeline, its local folder if any). Local folders are keyed by
     content alone, so a copy elsewhere is the same model. That includes tiny:<kind> (built in
-    code from fixed seeds, saved once under $T2I_ALIGN_CACHE/tiny/<kind>-<version>) and toy:sdxl
+    code from fixed seeds, saved once under $T2I_ALIGN_CACHE/tiny/<kind>-<version>) and toy:sdxl / toy:sd3
     (shipped in the package): keyed by the folder they resolve to, they equal that folder given
     as a path, and a rebuilt tiny model or re-pretrained toy model with other bytes is another
     model. The spelling (tiny:sdxl) is kept in the source. Hub ids: by snapshot commit."""
