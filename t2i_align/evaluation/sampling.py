@@ -453,7 +453,7 @@ def generate_cached(pipe, model_key: ModelKey, prompts: list[str], seeds: list[i
         if sampling["negative_prompt"] is not None:
             extra["negative_prompt"] = [sampling["negative_prompt"]] * len(chunk)
         generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
-        out = pipe([p for p, _ in chunk], num_inference_steps=sampling["steps"],
+        out = pipe(prompt=[p for p, _ in chunk], num_inference_steps=sampling["steps"],
                    guidance_scale=sampling["guidance_scale"], height=sampling["resolution"],
                    width=sampling["resolution"], generator=generators, **extra)
         for (p, s), image in zip(chunk, out.images):

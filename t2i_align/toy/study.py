@@ -124,7 +124,7 @@ def sample_metrics(model_path: str, unet: str | None, prompts: list[str], seeds,
     images = []
     for start in range(0, len(keys), batch_size):
         chunk = keys[start:start + batch_size]
-        out = pipe([p for p, _ in chunk], num_inference_steps=SAMPLING["steps"],
+        out = pipe(prompt=[p for p, _ in chunk], num_inference_steps=SAMPLING["steps"],
                    guidance_scale=SAMPLING["guidance_scale"], height=32, width=32,
                    generator=[torch.Generator().manual_seed(s) for _, s in chunk], **pipeline_call_kwargs(pipe))
         images.extend(out.images)

@@ -1,10 +1,11 @@
-"""Dataset builders, grids and the evaluation's image cache on the sd3 family (tiny_sd3): they
+"""Dataset builders (sd3, flux, flux2), grids and the evaluation's image cache on the sd3 family (tiny_sd3): they
 sample through StableDiffusion3Pipeline with the model's T5 settings, and those settings are part
 of what keys the images."""
 
 import io
 
 import pyarrow.parquet as pq
+import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -20,16 +21,17 @@ def _cfg(name, overrides):
         return compose(name, overrides=overrides)
 
 
-def test_prefix_pair_builder_on_sd3_writes_pickapic_rows(tmp_path):
+@pytest.mark.parametrize("model", ["tiny_sd3", "tiny_flux", "tiny_flux2"])
+def test_prefix_pair_builder_on_flow_families_writes_pickapic_rows(tmp_path, model):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox in the snow\na blue boat\n")
-    out = build(_cfg("build_dataset", ["+dataset=pick_style_cartoon", "model=tiny_sd3", "dataset.steps=2",
+    out = build(_cfg("build_dataset", ["+dataset=pick_style_cartoon", f"model={model}", "dataset.steps=2",
                                        "dataset.batch_size=2", f"dataset.prompts={prompts}",
                                        "model.max_sequence_length=8", f"output_dir={tmp_path / 'out'}"]), tmp_path)
     rows = [r for f in sorted((out / "data").glob("train-*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert [r["caption"] for r in rows] == ["a red fox in the snow", "a blue boat"]
     for r in rows:
-        assert r["model"] == "tiny:sd3" and r["jpg_0"] != r["jpg_1"]
+        assert r["model"] == "tiny:" + model.removeprefix("tiny_") and r["jpg_0"] != r["jpg_1"]
         assert Image.open(io.BytesIO(r["jpg_0"])).size == (32, 32)
 
 

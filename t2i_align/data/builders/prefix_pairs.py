@@ -57,7 +57,7 @@ def generate_with_seeds(pipe, prompts: list[str], seeds: list[int], steps: int, 
     kwargs = pipeline_call_kwargs(pipe)
     if negative_prompt:
         kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
-    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
+    return pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
                 width=resolution, generator=generators, **kwargs).images
 
 
