@@ -444,14 +444,14 @@ def generate_cached(pipe, model_key: ModelKey, prompts: list[str], seeds: list[i
     if not missing:
         return paths, 0
     sampling, lora = model_key.key["sampling"], model_key.key["lora"]
-    from t2i_align.families import pipeline_call_kwargs
+    from t2i_align.families import negative_prompt_kwargs, pipeline_call_kwargs
 
     extra = pipeline_call_kwargs(pipe, lora["scale"] if lora is not None and lora["scale"] != 1.0 else None)
     name = model_key.source.get("name") or model_key.digest
     for start in tqdm(range(0, len(missing), batch_size), desc=f"generate {name}"):
         chunk = missing[start:start + batch_size]
-        if sampling["negative_prompt"] is not None:
-            extra["negative_prompt"] = [sampling["negative_prompt"]] * len(chunk)
+        extra.pop("negative_prompt", None)
+        extra.update(negative_prompt_kwargs(pipe, sampling["negative_prompt"], len(chunk)))
         generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
         out = pipe(prompt=[p for p, _ in chunk], num_inference_steps=sampling["steps"],
                    guidance_scale=sampling["guidance_scale"], height=sampling["resolution"],

@@ -93,4 +93,17 @@ def pipeline_call_kwargs(pipe, lora_scale: float | None = None) -> dict:
     return kwargs
 
 
-__all__ = ["FAMILIES", "INTERFACE", "detect_family", "get_family", "pipeline_call_kwargs"]
+def negative_prompt_kwargs(pipe, negative_prompt: str | None, count: int) -> dict:
+    """{"negative_prompt": [negative_prompt] * count}, or {} without one; a one-line error for a
+    pipeline whose call takes no negative prompt (Flux2KleinPipeline encodes "" itself)."""
+    import inspect
+
+    if not negative_prompt:
+        return {}
+    if "negative_prompt" not in inspect.signature(pipe.__call__).parameters:
+        raise InputError(f"negative_prompt={negative_prompt!r}: {type(pipe).__name__} takes no negative prompt; "
+                         "set it to null")
+    return {"negative_prompt": [negative_prompt] * count}
+
+
+__all__ = ["FAMILIES", "INTERFACE", "detect_family", "get_family", "negative_prompt_kwargs", "pipeline_call_kwargs"]

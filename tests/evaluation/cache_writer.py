@@ -20,9 +20,9 @@ KEY = {"format": 1, "base": {"hub_id": "fake/model", "revision": "main"}, "lora"
 class NoisePipe:
     """Stands in for a diffusers pipeline: one noise image per prompt, fixed by (prompt, seed)."""
 
-    def __call__(self, prompts, generator, **_):
+    def __call__(self, prompt, generator, **_):  # called with prompt= as diffusers pipelines are
         images = []
-        for prompt, g in zip(prompts, generator):
+        for prompt, g in zip(prompt, generator):
             seed = int(hashlib.sha1(prompt.encode()).hexdigest()[:8], 16) + g.initial_seed()
             pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
             images.append(Image.fromarray(pixels))

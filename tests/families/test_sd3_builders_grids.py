@@ -55,3 +55,17 @@ def test_grid_base_vs_sd3_lora(tmp_path):
     grid = Image.open(make_grid(_cfg("grid", overrides), tmp_path / "g"))
     assert grid.size[0] == 200 + 2 * 256
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 4
+
+
+def test_negative_prompt_is_refused_by_a_pipeline_that_takes_none(t2i_cache):
+    import pytest
+
+    from t2i_align.errors import InputError
+    from t2i_align.families import negative_prompt_kwargs
+
+    sd3 = load_pipeline("tiny:sd3", family="sd3")
+    assert negative_prompt_kwargs(sd3, "blurry", 2) == {"negative_prompt": ["blurry", "blurry"]}
+    assert negative_prompt_kwargs(sd3, None, 2) == {}
+    klein = load_pipeline("tiny:flux2", family="flux2")
+    with pytest.raises(InputError, match="takes no negative prompt"):
+        negative_prompt_kwargs(klein, "blurry", 2)

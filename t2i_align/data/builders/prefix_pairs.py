@@ -52,11 +52,9 @@ def generate_with_seeds(pipe, prompts: list[str], seeds: list[int], steps: int, 
                         resolution: int, negative_prompt: str | None = None) -> list:
     """One image per (prompt, seed), each from its own CPU generator (batch-independent)."""
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    from t2i_align.families import pipeline_call_kwargs
+    from t2i_align.families import negative_prompt_kwargs, pipeline_call_kwargs
 
-    kwargs = pipeline_call_kwargs(pipe)
-    if negative_prompt:
-        kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
+    kwargs = {**pipeline_call_kwargs(pipe), **negative_prompt_kwargs(pipe, negative_prompt, len(prompts))}
     return pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, height=resolution,
                 width=resolution, generator=generators, **kwargs).images
 
