@@ -612,6 +612,12 @@ class RecipeStep:
         self.parts, self.training, self.batch = parts, training, batch
         self.resolution, self.device = resolution, device
         self.max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm else float("inf")
+        from accelerate.state import AcceleratorState
+
+        # The accelerate state is a process-wide singleton: an earlier run in this process with
+        # another mixed precision (a bf16 recipe, a test) would make Accelerator() refuse. Reset
+        # it as the recipe does, keeping the distributed PartialState.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision="no", cpu=device.type == "cpu",
                                        step_scheduler_with_optimizer=False)
         optimizer = build_optimizer(training.trainable, tcfg.optimizer, lr=tcfg.lr, weight_decay=tcfg.weight_decay,
