@@ -82,11 +82,13 @@ def cast_frozen_base(model, dtype) -> None:
                 setattr(module, name, buffer.to(dtype))
 
 
-def save_lora(unet, out_dir, family: str) -> pathlib.Path:
+def save_lora(unet, out_dir, family: str, state_dict: dict | None = None) -> pathlib.Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format, with the adapter config).
 
     family: a family name, "sdxl" or "sd" (its pipeline class's ``save_lora_weights`` writes it).
-    Pass the plain module (not DDP / accelerate-wrapped). Returns the file path.
+    Pass the plain module (not DDP / accelerate-wrapped). ``state_dict``: the module's whole state
+    dict gathered from a sharded engine (FSDP / ZeRO-3, training/final.py), whose LoRA entries are
+    written instead of the module's own (partial) tensors. Returns the file path.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -96,7 +98,7 @@ def save_lora(unet, out_dir, family: str) -> pathlib.Path:
     fam = get_family(family)
     pipeline = fam.pipeline_class()
     name = _adapter_name(unet)
-    layers = get_peft_model_state_dict(unet, adapter_name=name)
+    layers = get_peft_model_state_dict(unet, state_dict=state_dict, adapter_name=name)
     if fam.LORA_KEY_FORMAT == "diffusers":  # the UNet scripts' legacy key names; transformers keep peft's
         layers = convert_state_dict_to_diffusers(layers)
     out_dir = pathlib.Path(out_dir)

@@ -88,16 +88,27 @@ class CopyReference:
 
 
 class AdaptersOffReference:
-    """The trainable UNet itself with its peft adapters disabled for the call (base model output)."""
+    """The trainable UNet itself with its peft adapters disabled for the call (base model output).
+
+    ``runner`` is the module the forward goes through: the plain UNet, or (``run_through``) the
+    engine's wrapper of it. FSDP keeps the root unit's parameters (embedders, final layers)
+    sharded outside the wrapped forward, so there the reference must run through the wrapper;
+    the adapters are switched on the plain module either way (the wrapper holds the same layers).
+    """
 
     def __init__(self, unet):
         self.unet = unet
+        self.runner = unet
+
+    def run_through(self, wrapper) -> None:
+        """Call ``wrapper`` (e.g. the FSDP-prepared UNet) instead of the plain module."""
+        self.runner = wrapper
 
     @torch.no_grad()
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         self.unet.disable_adapters()
         try:
-            out = self.unet(*args, return_dict=False, **kwargs)[0]
+            out = self.runner(*args, return_dict=False, **kwargs)[0]
         finally:
             self.unet.enable_adapters()
         return out.float()

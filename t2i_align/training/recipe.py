@@ -7,10 +7,8 @@ optimizer + schedule -> loop (gradient accumulation, clipping, logging, checkpoi
 
 import contextlib
 import functools
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -32,10 +30,11 @@ from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
 from t2i_align.models.lora import add_lora, cast_frozen_base, save_lora
 from t2i_align.models.quantization import check_quantize_base, compute_dtype, trainable_to_fp32
-from t2i_align.models.reference import make_reference
+from t2i_align.models.reference import AdaptersOffReference, make_reference
 from t2i_align.objectives import get_objective
 from t2i_align.training.checkpoint import (CheckpointContents, find_resume_checkpoint, load_checkpoint,
                                            register_unet_state_hooks, save_checkpoint)
+from t2i_align.training.final import save_final
 from t2i_align.training.metrics_log import (MetricsWriter, flat_hparams, mean_metrics, mean_over_processes,
                                             to_float)
 from t2i_align.training.optim import build_lr_scheduler, build_optimizer, scaled_learning_rate
@@ -318,6 +317,8 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
     lr_scheduler = build_lr_scheduler(optimizer, t_cfg.lr_scheduler, t_cfg.warmup_steps, t_cfg.max_steps)
     register_unet_state_hooks(accelerator, use_lora, parts.family)
     unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
+    if isinstance(reference, AdaptersOffReference) and accelerator.distributed_type == DistributedType.FSDP:
+        reference.run_through(unet)  # the root unit's weights are whole only inside the wrapped forward
     accelerator.register_for_checkpointing(lr_scheduler)  # for accelerate's save_state (DeepSpeed / FSDP)
     contents = CheckpointContents(unet, optimizer, lr_scheduler, use_lora, parts.family)
 
@@ -426,30 +427,4 @@ def run_training(cfg: DictConfig, run_dir) -> Path:
         "skipped_source_rows": sorted(table.select(sorted(skipped))["source_row"]) if skipped else []})
     log.info("saved %s (%d steps, %d unreadable rows skipped)", final, step, len(skipped))
     accelerator.end_training()  # last: it also destroys the process group save_final synchronises on
-    return final
-
-
-def save_final(accelerator, unet, use_lora: bool, family: str, run_dir: Path, info: dict) -> Path:
-    """<run dir>/final: a diffusers UNet folder (full FT) or pytorch_lora_weights.safetensors
-    (LoRA), plus training_info.json; written to a temporary folder and renamed."""
-    final = run_dir / "final"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = run_dir / ".tmp-final"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model = accelerator.unwrap_model(unet)
-        if use_lora:
-            save_lora(model, tmp, family)
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "training_info.json").write_text(json.dumps(info, indent=2))
-        if final.exists():  # renamed away first: a kill never leaves a half-deleted final/
-            trash = run_dir / ".trash-final"
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
     return final

@@ -36,6 +36,36 @@ def test_adapters_off_equals_copy_made_before_lora(sdxl_unet, unet_inputs, pertu
     assert not torch.allclose(_policy(unet, inputs), ref_out, atol=1e-3)
 
 
+class RecordingWrapper(torch.nn.Module):
+    """Stands in for an engine's wrapper of the UNet (FSDP's root unit): delegates and counts calls."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.module(*args, **kwargs)
+
+
+def test_adapters_off_runs_through_the_wrapper_when_told(sdxl_unet, unet_inputs, perturb_lora):
+    """Under FSDP the recipe routes the adapters-off reference through the prepared wrapper; the
+    adapters are still switched on the plain module, so the output is the base model's."""
+    unet = sdxl_unet
+    inputs = unet_inputs(unet)
+    copy_ref = make_reference(unet, "copy")
+    add_lora(unet, rank=4, alpha=8)
+    perturb_lora(unet)
+    wrapper = RecordingWrapper(unet)
+    off_ref = make_reference(unet, "adapters_off")
+    off_ref.run_through(wrapper)
+    out = off_ref(**inputs)
+    assert wrapper.calls == 1
+    torch.testing.assert_close(out, copy_ref(**inputs), rtol=0, atol=1e-6)
+    assert not torch.allclose(_policy(unet, inputs), out, atol=1e-3)  # adapters back on
+
+
 def test_cpu_offloaded_copy_equals_copy_and_keeps_weights_off_the_device(sdxl_unet, unet_inputs):
     """The offloaded reference streams weights through accelerate's hooks; its output equals the
     on-device copy's, and its parameters stay in CPU RAM (here: on the meta device behind hooks)."""
