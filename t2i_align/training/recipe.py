@@ -28,7 +28,7 @@ from t2i_align.noising.ddim_inversion import EVALUATE_AT
 from t2i_align.noising.random import PerSampleGenerator
 from t2i_align.models.attention import set_attention_backend
 from t2i_align.models.loading import load_parts
-from t2i_align.models.lora import add_lora, cast_frozen_base, save_lora
+from t2i_align.models.lora import add_lora, cast_frozen_base
 from t2i_align.models.quantization import check_quantize_base, compute_dtype, trainable_to_fp32
 from t2i_align.models.reference import AdaptersOffReference, make_reference
 from t2i_align.objectives import get_objective
