@@ -150,7 +150,7 @@ def pickle_files(folder) -> list[str]:
                   if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
 
 
-def _discard(path: Path) -> None:
+def discard_folder(path: Path) -> None:
     """Delete a folder so that a kill at any moment leaves either it whole or no folder of that
     name: rename to a hidden .trash-<name> first, then delete that."""
     trash = path.parent / f".trash-{path.name}"
@@ -221,10 +221,10 @@ def save_checkpoint(accelerator, contents: CheckpointContents, run_dir, step: in
     if accelerator.is_main_process:
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))  # last: marks it complete
         if final.exists():
-            _discard(final)
+            discard_folder(final)
         os.replace(tmp, final)
         for _, old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-            _discard(old)
+            discard_folder(old)
         log.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final

@@ -22,6 +22,7 @@ from pathlib import Path
 from accelerate.utils import DistributedType
 
 from t2i_align.models.lora import save_lora
+from t2i_align.training.checkpoint import discard_folder
 
 SHARDED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 WEIGHTS_PATTERN = "diffusion_pytorch_model{suffix}.safetensors"  # diffusers' names, shards and index alike
@@ -68,11 +69,7 @@ def save_final(accelerator, denoiser, use_lora: bool, family: str, run_dir: Path
             model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "training_info.json").write_text(json.dumps(info, indent=2))
         if final.exists():  # renamed away first: a kill never leaves a half-deleted final/
-            trash = run_dir / ".trash-final"
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            discard_folder(final)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
